@@ -1,0 +1,42 @@
+# Two commands do all the set-up: `make run` and `make test` (see README.md).
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+
+.PHONY: install run test lint format clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11" >&2; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+
+# The UI and the daemons (scheduler, sensors, backfills, run queue) on 127.0.0.1:3000,
+# SQLite storage under .dagster_home, demo data, offline analyst unless OPENAI_API_KEY is set.
+run: install $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: install lint
+	bash .ci/ensure-postgres
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .dagster_home reports .pytest_cache .ruff_cache

@@ -1,0 +1,100 @@
+"""The Dagster side of a report asset: ask the analyst for every partition of the run, write
+each report, and attach per-partition metadata so each window reads on its own in the UI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from dagster import AssetExecutionContext, MetadataValue
+
+from agent_reports.core.analyst import AnalystAnswer, AnalystRequest, CachedAnalyst, Usage
+from agent_reports.core.reports import Report
+
+MARKDOWN_PREVIEW_LIMIT = 60_000
+
+
+@dataclass(frozen=True)
+class PartitionWork:
+    """One window to report on: its key and the question for the analyst."""
+
+    partition_key: str
+    request: AnalystRequest
+
+
+def answer_all(
+    analyst: CachedAnalyst, work: Sequence[PartitionWork], max_concurrency: int
+) -> list[AnalystAnswer]:
+    """Answers in `work` order; up to `max_concurrency` requests in flight for a range run."""
+    if len(work) <= 1 or max_concurrency <= 1:
+        return [analyst.answer(item.request) for item in work]
+    with ThreadPoolExecutor(max_workers=max_concurrency) as pool:
+        return list(pool.map(lambda item: analyst.answer(item.request), work))
+
+
+def publish_reports(
+    context: AssetExecutionContext,
+    analyst: CachedAnalyst,
+    reports_root: Path,
+    work: Sequence[PartitionWork],
+    build_report: Callable[[PartitionWork, AnalystAnswer], Report],
+    max_concurrency: int,
+) -> list[Report]:
+    """Answer, write and describe each partition's report; return them in `work` order."""
+    answers = answer_all(analyst, work, max_concurrency)
+    total = Usage()
+    reports = []
+    for item, answer in zip(work, answers, strict=True):
+        report = build_report(item, answer)
+        paths = report.write(reports_root)
+        total.add(answer.usage)
+        context.add_asset_metadata(
+            report_metadata(report, answer, paths), partition_key=item.partition_key
+        )
+        reports.append(report)
+    context.log.info(
+        f"{len(reports)} report(s) written; {total.requests} LLM request(s), "
+        f"{sum(a.cache_hit for a in answers)} cache hit(s), "
+        f"{sum(a.degraded for a in answers)} degraded"
+    )
+    return reports
+
+
+def report_metadata(report: Report, answer: AnalystAnswer, paths: dict[str, Path]) -> dict:
+    preview = report.to_markdown()
+    if len(preview) > MARKDOWN_PREVIEW_LIMIT:
+        preview = preview[:MARKDOWN_PREVIEW_LIMIT] + "\n\n…(truncated; see the file)"
+    return {
+        "preview": MetadataValue.md(preview),
+        "report_json": MetadataValue.path(str(paths["json"])),
+        "report_html": MetadataValue.path(str(paths["html"])),
+        "generated_by": report.generated_by,
+        "degraded": report.degraded,
+        "input_fingerprint": report.input_fingerprint,
+        "prompt_version": report.prompt_version,
+        "findings": len(report.findings),
+        "llm_cache_hit": answer.cache_hit,
+        "llm_requests": answer.usage.requests,
+        "llm_prompt_tokens": answer.usage.prompt_tokens,
+        "llm_completion_tokens": answer.usage.completion_tokens,
+        "llm_cost_usd": MetadataValue.float(
+            answer.cost_usd if answer.cost_usd is not None else 0.0
+        ),
+    }
+
+
+def report_notes(answer: AnalystAnswer) -> list[str]:
+    """The notes every report carries about how its text was written."""
+    if answer.degraded:
+        return [
+            "Degraded: the LLM analyst failed, so this text comes from the offline template "
+            f"({answer.degraded_reason})."
+        ]
+    if answer.generated_by == "offline":
+        return [
+            "Written by the offline analyst (no LLM configured): template text from the metrics."
+        ]
+    return []

@@ -1,0 +1,154 @@
+"""Dagster resources: configuration from the environment, read when a run starts.
+
+Every field may be set in the launchpad; left empty, it falls back to the environment
+variable named in its description, and then to a default that works with no set-up
+(demo data, offline analyst). The API key is only ever read through `EnvVar` at run
+time: it never enters run config, a config snapshot, a log line or a report.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+from dagster import ConfigurableIOManager, ConfigurableResource, EnvVar, InputContext, OutputContext
+from pydantic import Field
+
+from agent_reports.core import settings
+from agent_reports.core.analyst import CachedAnalyst, OfflineAnalyst, OpenAIAnalyst, ResponseCache
+from agent_reports.core.files import write_atomic
+from agent_reports.core.sources import DemoSource, FileSource, Source
+
+
+class DataSourceResource(ConfigurableResource):
+    """Where the analyses read their input."""
+
+    kind: str | None = Field(
+        default=None, description="demo | files (env AGENT_REPORTS_SOURCE, default demo)"
+    )
+    data_dir: str | None = Field(
+        default=None,
+        description="drop folder for `files` (env AGENT_REPORTS_DATA_DIR, default data)",
+    )
+    demo_seed: int = Field(default=7, description="seed of the demo generator")
+
+    def get(self) -> Source:
+        kind = self.kind or settings.env("AGENT_REPORTS_SOURCE", "demo")
+        if kind == "demo":
+            return DemoSource(self.demo_seed)
+        if kind == "files":
+            return FileSource(Path(self.data_dir) if self.data_dir else settings.data_dir())
+        raise ValueError(f"AGENT_REPORTS_SOURCE must be 'demo' or 'files', not {kind!r}")
+
+
+class AnalystResource(ConfigurableResource):
+    """The LLM analyst, with its response cache; offline when no API key is set."""
+
+    mode: str | None = Field(
+        default=None,
+        description="auto | openai | offline (env AGENT_REPORTS_ANALYST, default auto: "
+        "openai when OPENAI_API_KEY is set)",
+    )
+    model: str | None = Field(
+        default=None, description="model name (env AGENT_REPORTS_MODEL, default gpt-4o-mini)"
+    )
+    base_url: str | None = Field(
+        default=None, description="OpenAI-compatible base URL (env OPENAI_BASE_URL)"
+    )
+    timeout_seconds: float = Field(default=60.0, description="per request")
+    max_retries: int = Field(default=4, description="HTTP retries on 429/5xx/timeouts, backoff")
+    invalid_reply_attempts: int = Field(default=3, description="asks for a reply that fits")
+    degrade_on_failure: bool = Field(
+        default=True, description="when the model fails, write the offline report, flagged"
+    )
+    max_concurrency: int = Field(default=8, description="parallel requests in a range run")
+    cache_dir: str | None = Field(
+        default=None,
+        description="response cache (env AGENT_REPORTS_CACHE_DIR, default <state>/llm_cache)",
+    )
+
+    def resolved_mode(self) -> str:
+        mode = self.mode or settings.env("AGENT_REPORTS_ANALYST", "auto")
+        if mode not in ("auto", "openai", "offline"):
+            raise ValueError(f"AGENT_REPORTS_ANALYST must be auto, openai or offline, not {mode!r}")
+        if mode == "auto":
+            return "openai" if EnvVar("OPENAI_API_KEY").get_value() else "offline"
+        return mode
+
+    def get(self) -> CachedAnalyst:
+        mode = self.resolved_mode()
+        cache_dir = self.cache_dir or settings.env("AGENT_REPORTS_CACHE_DIR")
+        cache = ResponseCache(Path(cache_dir) if cache_dir else settings.state_dir() / "llm_cache")
+        if mode == "offline":
+            return CachedAnalyst(OfflineAnalyst(), cache)
+        api_key = EnvVar("OPENAI_API_KEY").get_value()
+        if not api_key:
+            raise ValueError("AGENT_REPORTS_ANALYST=openai needs OPENAI_API_KEY in the environment")
+        inner = OpenAIAnalyst(
+            model=self.model or settings.env("AGENT_REPORTS_MODEL", "gpt-4o-mini"),
+            api_key=api_key,
+            base_url=self.base_url or settings.env("OPENAI_BASE_URL"),
+            timeout_seconds=self.timeout_seconds,
+            max_retries=self.max_retries,
+            invalid_reply_attempts=self.invalid_reply_attempts,
+        )
+        return CachedAnalyst(inner, cache, degrade_on_failure=self.degrade_on_failure)
+
+
+class ReportStoreResource(ConfigurableResource):
+    """Where report files go: `<root>/<analysis>/<partition>.{json,md,html}`."""
+
+    root: str | None = Field(
+        default=None, description="env AGENT_REPORTS_REPORTS_DIR, default reports"
+    )
+
+    def path(self) -> Path:
+        return Path(self.root).resolve() if self.root else settings.reports_dir()
+
+
+class PartitionRangeIOManager(ConfigurableIOManager):
+    """Stores a partitioned asset's value one file per partition, for one partition or many.
+
+    A partitioned asset returns `{partition_key: value}` for the partitions of its run and
+    receives its inputs the same way. One code path then serves a scheduled run of one
+    window and a single-run backfill of a whole range (Dagster's default IO manager
+    refuses a multi-partition output).
+    """
+
+    base_dir: str | None = Field(
+        default=None, description="env AGENT_REPORTS_STATE_DIR/assets, default state/assets"
+    )
+
+    def _folder(self, context: InputContext | OutputContext) -> Path:
+        root = Path(self.base_dir) if self.base_dir else settings.state_dir() / "assets"
+        return root.joinpath(*context.asset_key.path)
+
+    def handle_output(self, context: OutputContext, obj: Any) -> None:
+        folder = self._folder(context)
+        if not context.has_asset_partitions:
+            write_atomic(folder / "value.pickle", pickle.dumps(obj))
+            return
+        keys = set(context.asset_partition_keys)
+        if not isinstance(obj, dict) or set(obj) != keys:
+            raise TypeError(
+                f"{context.asset_key.to_user_string()} must return a dict keyed by exactly "
+                f"its run's partitions ({len(keys)}), got {type(obj).__name__}"
+            )
+        for key, value in obj.items():
+            write_atomic(folder / f"{key}.pickle", pickle.dumps(value))
+
+    def load_input(self, context: InputContext) -> Any:
+        folder = self._folder(context)
+        if not context.has_asset_partitions:
+            return pickle.loads((folder / "value.pickle").read_bytes())
+        values = {}
+        for key in context.asset_partition_keys:
+            path = folder / f"{key}.pickle"
+            if not path.exists():
+                raise FileNotFoundError(
+                    f"{context.asset_key.to_user_string()} partition {key} has no stored value "
+                    f"at {path}: materialise it first"
+                )
+            values[key] = pickle.loads(path.read_bytes())
+        return values

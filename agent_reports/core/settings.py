@@ -1,0 +1,34 @@
+"""Where agent_reports keeps its files, read from the environment when a run needs them.
+
+Nothing here runs at import time: resources call these functions during execution, so a
+changed environment applies to the next run without reloading the code location.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dagster import EnvVar
+
+ANALYSES = ("market", "anomalies", "churn", "compliance", "briefing")
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    """The variable's value, or `default` when it is unset or empty."""
+    value = EnvVar(name).get_value()
+    return value if value else default
+
+
+def reports_dir() -> Path:
+    """Root of the report files: `<root>/<analysis>/<partition>.{json,md,html}`."""
+    return Path(env("AGENT_REPORTS_REPORTS_DIR", "reports")).resolve()
+
+
+def state_dir() -> Path:
+    """Durable state that is not a report: asset values, the LLM response cache, ledgers."""
+    return Path(env("AGENT_REPORTS_STATE_DIR", "state")).resolve()
+
+
+def data_dir() -> Path:
+    """The drop folder read by the `files` source: `market/`, `logs/`, `customers/`."""
+    return Path(env("AGENT_REPORTS_DATA_DIR", "data")).resolve()

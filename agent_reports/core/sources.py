@@ -1,0 +1,222 @@
+"""Data sources behind one interface: `demo` (generated, deterministic) and `files` (drop folder).
+
+A source answers "the rows of kind K whose timestamps fall in [start, end)". The demo
+source derives every value from (seed, ticker, day), so any window of it is the same
+whichever range it was read with; the files source reads a drop folder and names the
+file, line and column of anything it cannot parse.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import zlib
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+
+MARKET_COLUMNS = ("date", "ticker", "open", "high", "low", "close", "volume")
+PRICE_COLUMNS = ("open", "high", "low", "close", "volume")
+
+
+class InputError(ValueError):
+    """Input that cannot be read, located by file, line and column for the person who fixes it."""
+
+    def __init__(self, path: Path | str, line: int | None, column: str | None, problem: str):
+        self.path, self.line, self.column, self.problem = str(path), line, column, problem
+        where = self.path + (f":{line}" if line else "")
+        super().__init__(f"{where}: " + (f"column '{column}': " if column else "") + problem)
+
+
+class Source(Protocol):
+    """What an analysis may ask for; each method returns rows with timestamps in [start, end)."""
+
+    name: str
+
+    def market_prices(self, start: date, end: date) -> pd.DataFrame:
+        """Daily OHLCV rows, columns MARKET_COLUMNS, `date` as datetime64 (midnight UTC)."""
+        ...
+
+
+def empty_market_frame() -> pd.DataFrame:
+    frame = pd.DataFrame({column: pd.Series(dtype="float64") for column in MARKET_COLUMNS})
+    frame["date"] = pd.Series(dtype="datetime64[ns]")
+    frame["ticker"] = pd.Series(dtype="object")
+    return frame
+
+
+# --------------------------------------------------------------------------- demo source
+
+DEMO_EPOCH = date(2015, 1, 1)
+# Fictional tickers with a starting price, daily volatility and typical volume.
+DEMO_TICKERS = {
+    "ALPH": (182.0, 0.017, 52_000_000),
+    "BRVO": (331.0, 0.015, 24_000_000),
+    "CHRL": (94.0, 0.031, 41_000_000),
+    "DLTA": (57.5, 0.012, 13_000_000),
+    "ECHO": (12.4, 0.042, 88_000_000),
+    "FXTR": (141.0, 0.019, 17_500_000),
+    "GOLF": (73.2, 0.010, 9_800_000),
+    "HTEL": (28.9, 0.024, 31_000_000),
+}
+
+
+@functools.cache
+def _trading_days(year: int) -> pd.DatetimeIndex:
+    """Weekdays of `year` less US federal holidays (a stand-in for an exchange calendar)."""
+    from pandas.tseries.holiday import USFederalHolidayCalendar
+
+    days = pd.bdate_range(f"{year}-01-01", f"{year}-12-31")
+    holidays = USFederalHolidayCalendar().holidays(f"{year}-01-01", f"{year}-12-31")
+    return days.difference(holidays)
+
+
+@functools.cache
+def _demo_series(seed: int, ticker: str, last_year: int) -> pd.DataFrame:
+    """One ticker's whole history from DEMO_EPOCH to the end of `last_year`.
+
+    Each year's shocks come from a generator seeded by (seed, ticker, year), so extending
+    the history never changes earlier values.
+    """
+    price, daily_vol, base_volume = DEMO_TICKERS[ticker]
+    ticker_id = int.from_bytes(ticker.encode(), "big")
+    frames = []
+    for year in range(DEMO_EPOCH.year, last_year + 1):
+        days = _trading_days(year)
+        rng = np.random.default_rng([seed, ticker_id, year])
+        n = len(days)
+        shocks = rng.standard_t(df=4, size=n) * daily_vol / np.sqrt(2) + 0.0003
+        jumps = rng.random(n) < 0.01
+        shocks[jumps] += rng.normal(0, daily_vol * 5, jumps.sum())
+        closes = price * np.exp(np.cumsum(shocks))
+        opens = np.concatenate([[price], closes[:-1]]) * np.exp(rng.normal(0, daily_vol / 4, n))
+        wick = np.abs(rng.normal(0, daily_vol / 2, (2, n)))
+        highs = np.maximum(opens, closes) * np.exp(wick[0])
+        lows = np.minimum(opens, closes) * np.exp(-wick[1])
+        volumes = base_volume * np.exp(rng.normal(0, 0.25, n) + 8 * np.abs(shocks))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "date": days,
+                    "ticker": ticker,
+                    "open": opens.round(2),
+                    "high": highs.round(2),
+                    "low": lows.round(2),
+                    "close": closes.round(2),
+                    "volume": volumes.round(),
+                }
+            )
+        )
+        price = float(closes[-1])
+    return pd.concat(frames, ignore_index=True)
+
+
+class DemoSource:
+    """Realistic, deterministic data from (seed, window): the default, so the UI works at once."""
+
+    name = "demo"
+
+    def __init__(self, seed: int = 7):
+        self.seed = seed
+
+    def market_prices(self, start: date, end: date) -> pd.DataFrame:
+        if end <= DEMO_EPOCH or end <= start:
+            return empty_market_frame()
+        last_year = (end - timedelta(days=1)).year
+        frames = [_demo_series(self.seed, ticker, last_year) for ticker in DEMO_TICKERS]
+        prices = pd.concat(frames, ignore_index=True)
+        in_window = (prices["date"] >= pd.Timestamp(start)) & (prices["date"] < pd.Timestamp(end))
+        return prices[in_window].sort_values(["date", "ticker"]).reset_index(drop=True)
+
+
+# -------------------------------------------------------------------------- files source
+
+_PANDAS_LINE = re.compile(r"line (\d+)")
+
+
+def read_market_csv(path: Path) -> pd.DataFrame:
+    """One market CSV (plain or .gz), validated; raises InputError naming file, line, column.
+
+    An empty cell becomes a missing value (the asset checks flag it); a row with fewer
+    fields than the header, text where a number belongs, or a bad date fails the read.
+    """
+    try:
+        raw = pd.read_csv(
+            path,
+            dtype=str,
+            keep_default_na=False,
+            skip_blank_lines=False,
+            compression="infer",
+        )
+    except pd.errors.EmptyDataError:
+        raise InputError(path, 1, None, "the file is empty: expected a header line") from None
+    except pd.errors.ParserError as error:
+        match = _PANDAS_LINE.search(str(error))
+        line = int(match.group(1)) if match else None
+        raise InputError(path, line, None, f"malformed CSV row: {error}") from None
+    except (EOFError, OSError, zlib.error, UnicodeDecodeError) as error:
+        raise InputError(path, None, None, f"cannot be read ({error})") from None
+
+    raw.columns = [str(column).strip().lower() for column in raw.columns]
+    for column in MARKET_COLUMNS:
+        if column not in raw.columns:
+            raise InputError(
+                path, 1, column, f"missing from the header (expected {', '.join(MARKET_COLUMNS)})"
+            )
+    raw = raw[list(MARKET_COLUMNS)]
+    # Index i is file line i + 2 (line 1 is the header, blank lines are kept as rows).
+    blank = raw.isna().all(axis=1) | (raw.fillna("") == "").all(axis=1)
+    raw = raw[~blank]
+
+    for column in MARKET_COLUMNS:
+        absent = raw[column].isna()
+        if absent.any():
+            line = int(absent.idxmax()) + 2
+            raise InputError(
+                path, line, column, "no value: the row has fewer fields than the header"
+            )
+
+    frame = pd.DataFrame(index=raw.index)
+    text_dates = raw["date"].str.strip()
+    frame["date"] = pd.to_datetime(text_dates, format="%Y-%m-%d", errors="coerce")
+    _raise_first(path, raw, "date", frame["date"].isna(), "expected a date as YYYY-MM-DD")
+    frame["ticker"] = raw["ticker"].str.strip()
+    _raise_first(path, raw, "ticker", frame["ticker"] == "", "expected a ticker symbol")
+    for column in PRICE_COLUMNS:
+        text = raw[column].str.strip()
+        frame[column] = pd.to_numeric(text.where(text != ""), errors="coerce")
+        unparsable = frame[column].isna() & (text != "")
+        _raise_first(path, raw, column, unparsable, "expected a number")
+    return frame.reset_index(drop=True)
+
+
+def _raise_first(path: Path, raw: pd.DataFrame, column: str, bad: pd.Series, problem: str) -> None:
+    if bad.any():
+        index = bad.idxmax()
+        raise InputError(path, int(index) + 2, column, f"{problem}, got {raw.at[index, column]!r}")
+
+
+class FileSource:
+    """Reads the drop folder: `<data_dir>/market/*.csv[.gz]`, any names, tickers mixed or not."""
+
+    name = "files"
+
+    def __init__(self, data_dir: Path):
+        self.data_dir = data_dir
+
+    def _files(self, kind: str, patterns: tuple[str, ...]) -> list[Path]:
+        folder = self.data_dir / kind
+        if not folder.is_dir():
+            raise InputError(folder, None, None, "folder not found (AGENT_REPORTS_DATA_DIR/kind)")
+        return sorted({path for pattern in patterns for path in folder.glob(pattern)})
+
+    def market_prices(self, start: date, end: date) -> pd.DataFrame:
+        frames = [read_market_csv(path) for path in self._files("market", ("*.csv", "*.csv.gz"))]
+        if not frames:
+            return empty_market_frame()
+        prices = pd.concat(frames, ignore_index=True)
+        in_window = (prices["date"] >= pd.Timestamp(start)) & (prices["date"] < pd.Timestamp(end))
+        return prices[in_window].sort_values(["date", "ticker"]).reset_index(drop=True)

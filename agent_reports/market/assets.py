@@ -1,0 +1,155 @@
+"""Market assets: prices → metrics → report, per UTC day.
+
+Each asset handles every partition of its run (one in a scheduled run, a whole range in
+a single-run backfill) and returns `{partition_key: value}`; the prices are read once
+for the whole range.
+"""
+
+from datetime import date
+
+import pandas as pd
+from dagster import (
+    AssetExecutionContext,
+    BackfillPolicy,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+
+from agent_reports.core.analyst import AnalystAnswer, AnalystRequest
+from agent_reports.core.publishing import PartitionWork, publish_reports, report_notes
+from agent_reports.core.reports import Report, Table
+from agent_reports.core.resources import AnalystResource, DataSourceResource, ReportStoreResource
+from agent_reports.core.sources import InputError
+from agent_reports.market import prompts
+from agent_reports.market.analysis import history_window, market_metrics
+from agent_reports.market.partitions import ANALYSIS, POOL, market_partitions
+
+COMMON = {
+    "group_name": ANALYSIS,
+    "partitions_def": market_partitions,
+    "pool": POOL,
+    "backfill_policy": BackfillPolicy.single_run(),
+}
+
+
+def _days(context: AssetExecutionContext) -> dict[str, date]:
+    return {key: date.fromisoformat(key) for key in context.partition_keys}
+
+
+@asset(**COMMON, io_manager_key="range_io_manager", kinds={"pandas"})
+def market_prices(
+    context: AssetExecutionContext, source: DataSourceResource
+) -> dict[str, pd.DataFrame]:
+    """Daily OHLCV rows for the day and the 45 calendar days before it (the 20-day metrics
+    need 21 closes)."""
+    days = _days(context)
+    start, _ = history_window(min(days.values()))
+    _, end = history_window(max(days.values()))
+    try:
+        prices = source.get().market_prices(start, end)
+    except InputError as error:
+        raise Failure(
+            description=f"Bad market input: {error}",
+            metadata={"file": error.path, "line": error.line or 0, "column": error.column or ""},
+            allow_retries=False,
+        ) from None
+    values = {}
+    for key, day in days.items():
+        lo, hi = history_window(day)
+        window = prices[(prices["date"] >= pd.Timestamp(lo)) & (prices["date"] < pd.Timestamp(hi))]
+        values[key] = window.reset_index(drop=True)
+        day_rows = window[window["date"] == pd.Timestamp(day)]
+        context.add_asset_metadata(
+            {
+                "day_rows": len(day_rows),
+                "history_rows": len(window),
+                "tickers": day_rows["ticker"].nunique(),
+            },
+            partition_key=key,
+        )
+    return values
+
+
+@asset(**COMMON, io_manager_key="range_io_manager")
+def market_analysis(
+    context: AssetExecutionContext, market_prices: dict[str, pd.DataFrame]
+) -> dict[str, dict]:
+    """Per-ticker close, 1-day return, 20-day volatility and volume ratio, plus top movers."""
+    values = {}
+    for key, day in _days(context).items():
+        metrics = market_metrics(market_prices[key], day)
+        values[key] = metrics
+        context.add_asset_metadata(
+            {"trading_day": metrics["trading_day"], "tickers": len(metrics["tickers"])},
+            partition_key=key,
+        )
+    return values
+
+
+@asset(**COMMON)
+def market_report(
+    context: AssetExecutionContext,
+    market_analysis: dict[str, dict],
+    analyst: AnalystResource,
+    reports: ReportStoreResource,
+) -> MaterializeResult:
+    """The day's market note: metrics from code, narrative from the analyst (cached)."""
+    work = [
+        PartitionWork(
+            key,
+            AnalystRequest(
+                analysis=ANALYSIS,
+                prompt_version=prompts.PROMPT_VERSION,
+                instructions=prompts.INSTRUCTIONS,
+                data=prompts.prompt_data(market_analysis[key]),
+                schema=prompts.SCHEMA,
+                offline=prompts.offline_narrative,
+                check=prompts.check,
+            ),
+        )
+        for key in context.partition_keys
+    ]
+
+    def build(item: PartitionWork, answer: AnalystAnswer) -> Report:
+        return build_market_report(item.partition_key, market_analysis[item.partition_key], answer)
+
+    written = publish_reports(
+        context, analyst.get(), reports.path(), work, build, analyst.max_concurrency
+    )
+    return MaterializeResult(metadata={"reports_written": MetadataValue.int(len(written))})
+
+
+def build_market_report(key: str, metrics: dict, answer: AnalystAnswer) -> Report:
+    window = market_partitions.time_window_for_partition_key(key)
+    rows = [
+        [t, m["close"], m["return_1d"], m["volatility_20d"], m["volume_ratio_20d"]]
+        for t, m in metrics["tickers"].items()
+    ]
+    notes = report_notes(answer)
+    if not metrics["trading_day"]:
+        notes.insert(0, "No trading on this day: no prices in the source.")
+    return Report(
+        analysis=ANALYSIS,
+        partition=key,
+        window_start=window.start.isoformat(),
+        window_end=window.end.isoformat(),
+        generated_by=answer.generated_by,
+        input_fingerprint=answer.input_fingerprint,
+        prompt_version=prompts.PROMPT_VERSION,
+        summary=answer.narrative["summary"],
+        findings=answer.narrative["findings"],
+        metrics=metrics,
+        tables=[
+            Table(
+                "Tickers",
+                ["ticker", "close", "return 1d", "volatility 20d", "volume ratio 20d"],
+                rows,
+            )
+        ]
+        if rows
+        else [],
+        degraded=answer.degraded,
+        notes=notes,
+    )

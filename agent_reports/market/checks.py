@@ -1,0 +1,89 @@
+"""Market asset checks: the input is sound before any metric is computed (blocking), and
+the report is grounded (a warning, so a degraded day is visible, not hidden)."""
+
+import json
+from collections.abc import Callable
+
+import pandas as pd
+from dagster import AssetCheckResult, AssetChecksDefinition, AssetCheckSeverity, asset_check
+
+from agent_reports.core.resources import ReportStoreResource
+from agent_reports.market.assets import market_prices, market_report
+from agent_reports.market.partitions import ANALYSIS, market_partitions
+
+MAX_LISTED_ROWS = 20
+
+
+def _price_check(
+    name: str, description: str, find_bad: Callable[[pd.DataFrame], pd.DataFrame]
+) -> AssetChecksDefinition:
+    @asset_check(
+        asset=market_prices,
+        name=name,
+        description=description,
+        blocking=True,
+        partitions_def=market_partitions,
+    )
+    def _check(market_prices: dict[str, pd.DataFrame]) -> AssetCheckResult:
+        bad = pd.concat([find_bad(frame) for frame in market_prices.values()]).drop_duplicates()
+        listed = bad.head(MAX_LISTED_ROWS).astype(str).to_dict("records")
+        return AssetCheckResult(
+            passed=bad.empty,
+            metadata={"bad_rows": len(bad), "examples": json.dumps(listed)},
+            description=None if bad.empty else f"{len(bad)} row(s) fail: {description}",
+        )
+
+    return _check
+
+
+def _missing_or_negative(frame: pd.DataFrame) -> pd.DataFrame:
+    prices = frame[["open", "high", "low", "close", "volume"]]
+    return frame[prices.isna().any(axis=1) | (prices < 0).any(axis=1)]
+
+
+def _high_below_low(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[frame["high"] < frame["low"]]
+
+
+def _duplicates(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[frame.duplicated(["date", "ticker"], keep=False)]
+
+
+prices_present_and_positive = _price_check(
+    "prices_present_and_non_negative",
+    "no missing or negative open/high/low/close/volume",
+    _missing_or_negative,
+)
+high_not_below_low = _price_check("high_not_below_low", "high ≥ low on every row", _high_below_low)
+one_row_per_ticker_day = _price_check(
+    "one_row_per_date_and_ticker", "no duplicate (date, ticker)", _duplicates
+)
+
+
+@asset_check(asset=market_report, partitions_def=market_partitions)
+def report_is_grounded(context, reports: ReportStoreResource) -> AssetCheckResult:
+    """Each report of the run exists, has a summary, and was not degraded to the template."""
+    problems = []
+    for key in context.partition_keys:
+        path = reports.path() / ANALYSIS / f"{key}.json"
+        if not path.exists():
+            problems.append(f"{key}: no report file")
+            continue
+        record = json.loads(path.read_text())
+        if not record["summary"].strip():
+            problems.append(f"{key}: empty summary")
+        if record["degraded"]:
+            problems.append(f"{key}: degraded to the offline template")
+    return AssetCheckResult(
+        passed=not problems,
+        severity=AssetCheckSeverity.WARN,
+        metadata={"problems": json.dumps(problems[:MAX_LISTED_ROWS])},
+    )
+
+
+market_checks = [
+    prices_present_and_positive,
+    high_not_below_low,
+    one_row_per_ticker_day,
+    report_is_grounded,
+]
