@@ -305,9 +305,10 @@ class CachedAnalyst:
         key = self.cache_key(request)
         cached = self.cache.get(key)
         if cached is not None:
-            return AnalystAnswer(
-                cached["narrative"], cached["generated_by"], request.input_fingerprint, True
-            )
+            # Through the schema again: the same field order as a fresh answer, hence the
+            # same report bytes, and a damaged entry fails here rather than in a report.
+            narrative = request.schema.model_validate(cached["narrative"]).model_dump(mode="json")
+            return AnalystAnswer(narrative, cached["generated_by"], request.input_fingerprint, True)
         try:
             answer = self.inner.answer(request)
         except Exception as error:

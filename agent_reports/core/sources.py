@@ -8,8 +8,9 @@ file, line and column of anything it cannot parse.
 
 from __future__ import annotations
 
+import csv
 import functools
-import re
+import gzip
 import zlib
 from datetime import date, timedelta
 from pathlib import Path
@@ -134,69 +135,68 @@ class DemoSource:
 
 # -------------------------------------------------------------------------- files source
 
-_PANDAS_LINE = re.compile(r"line (\d+)")
-
 
 def read_market_csv(path: Path) -> pd.DataFrame:
     """One market CSV (plain or .gz), validated; raises InputError naming file, line, column.
 
-    An empty cell becomes a missing value (the asset checks flag it); a row with fewer
-    fields than the header, text where a number belongs, or a bad date fails the read.
+    Columns are found by header name (any order, extra columns ignored, blank lines
+    skipped). An empty cell becomes a missing value, which the asset checks flag; a row
+    with more or fewer fields than the header, text where a number belongs or a bad
+    date fails the read.
     """
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
-        raw = pd.read_csv(
-            path,
-            dtype=str,
-            keep_default_na=False,
-            skip_blank_lines=False,
-            compression="infer",
-        )
-    except pd.errors.EmptyDataError:
-        raise InputError(path, 1, None, "the file is empty: expected a header line") from None
-    except pd.errors.ParserError as error:
-        match = _PANDAS_LINE.search(str(error))
-        line = int(match.group(1)) if match else None
-        raise InputError(path, line, None, f"malformed CSV row: {error}") from None
-    except (EOFError, OSError, zlib.error, UnicodeDecodeError) as error:
+        with opener(path, "rt", newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = [name.strip().lower() for name in next(reader, [])]
+            if not header:
+                raise InputError(path, 1, None, "the file is empty: expected a header line")
+            for column in MARKET_COLUMNS:
+                if column not in header:
+                    raise InputError(
+                        path, 1, column, f"missing from the header ({', '.join(MARKET_COLUMNS)})"
+                    )
+            positions = [header.index(column) for column in MARKET_COLUMNS]
+            records, lines = [], []
+            for row in reader:
+                if not any(field.strip() for field in row):
+                    continue
+                if len(row) != len(header):
+                    raise _width_error(path, reader.line_num, row, header)
+                records.append([row[i].strip() for i in positions])
+                lines.append(reader.line_num)
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError, csv.Error) as error:
         raise InputError(path, None, None, f"cannot be read ({error})") from None
-
-    raw.columns = [str(column).strip().lower() for column in raw.columns]
-    for column in MARKET_COLUMNS:
-        if column not in raw.columns:
-            raise InputError(
-                path, 1, column, f"missing from the header (expected {', '.join(MARKET_COLUMNS)})"
-            )
-    raw = raw[list(MARKET_COLUMNS)]
-    # Index i is file line i + 2 (line 1 is the header, blank lines are kept as rows).
-    blank = raw.isna().all(axis=1) | (raw.fillna("") == "").all(axis=1)
-    raw = raw[~blank]
-
-    for column in MARKET_COLUMNS:
-        absent = raw[column].isna()
-        if absent.any():
-            line = int(absent.idxmax()) + 2
-            raise InputError(
-                path, line, column, "no value: the row has fewer fields than the header"
-            )
-
+    # The index is the line number in the file, for error messages.
+    raw = pd.DataFrame(records, columns=list(MARKET_COLUMNS), index=lines, dtype=str)
     frame = pd.DataFrame(index=raw.index)
-    text_dates = raw["date"].str.strip()
-    frame["date"] = pd.to_datetime(text_dates, format="%Y-%m-%d", errors="coerce")
+    frame["date"] = pd.to_datetime(raw["date"], format="%Y-%m-%d", errors="coerce")
     _raise_first(path, raw, "date", frame["date"].isna(), "expected a date as YYYY-MM-DD")
-    frame["ticker"] = raw["ticker"].str.strip()
+    frame["ticker"] = raw["ticker"]
     _raise_first(path, raw, "ticker", frame["ticker"] == "", "expected a ticker symbol")
     for column in PRICE_COLUMNS:
-        text = raw[column].str.strip()
+        text = raw[column]
         frame[column] = pd.to_numeric(text.where(text != ""), errors="coerce")
         unparsable = frame[column].isna() & (text != "")
         _raise_first(path, raw, column, unparsable, "expected a number")
     return frame.reset_index(drop=True)
 
 
+def _width_error(path: Path, line: int, row: list[str], header: list[str]) -> InputError:
+    if len(row) < len(header):
+        return InputError(
+            path,
+            line,
+            header[len(row)],
+            f"no value: the row has {len(row)} fields, the header {len(header)} (truncated?)",
+        )
+    return InputError(path, line, None, f"the row has {len(row)} fields, the header {len(header)}")
+
+
 def _raise_first(path: Path, raw: pd.DataFrame, column: str, bad: pd.Series, problem: str) -> None:
     if bad.any():
-        index = bad.idxmax()
-        raise InputError(path, int(index) + 2, column, f"{problem}, got {raw.at[index, column]!r}")
+        line = bad.idxmax()
+        raise InputError(path, int(line), column, f"{problem}, got {raw.at[line, column]!r}")
 
 
 class FileSource:
