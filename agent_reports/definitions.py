@@ -4,27 +4,66 @@ dagster.yaml; each analysis declares its own pool on its assets."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
 
+from agent_reports.anomalies import assets as anomalies_assets
+from agent_reports.anomalies import checks as anomalies_checks
+from agent_reports.anomalies.partitions import anomalies_job, anomalies_schedule
+from agent_reports.briefing import assets as briefing_assets
+from agent_reports.briefing import checks as briefing_checks
+from agent_reports.briefing.partitions import briefing_job, briefing_schedule
+from agent_reports.churn import assets as churn_assets
+from agent_reports.churn import checks as churn_checks
+from agent_reports.churn.partitions import churn_job, churn_schedule
 from agent_reports.core.resources import (
     AnalystResource,
     DataSourceResource,
+    DeliveryResource,
     PartitionRangeIOManager,
     ReportStoreResource,
 )
 from agent_reports.market import assets as market_assets
 from agent_reports.market import checks as market_checks
 from agent_reports.market.partitions import market_job, market_schedule
+from agent_reports.ops import ClockResource
+from agent_reports.ops.alerts import freshness_alert_sensor, run_failure_alert_sensor
+from agent_reports.ops.catchup import CatchUp, build_catchup_sensors
+from agent_reports.ops.freshness import with_freshness
+
+# Analyses whose missed windows the catch-up sensor launches (one line per analysis:
+# its job, its report asset, its schedule, and when that schedule requests a window
+# relative to the window's end; test_ops_catchup checks each against the schedule).
+CATCHUPS = [
+    CatchUp("market", market_job, market_assets.market_report, market_schedule, timedelta(hours=6)),
+    CatchUp(
+        "briefing",
+        briefing_job,
+        briefing_assets.briefing_report,
+        briefing_schedule,
+        timedelta(hours=-15),
+    ),
+]
 
 defs = Definitions(
-    assets=load_assets_from_modules([market_assets]),
-    asset_checks=load_asset_checks_from_modules([market_checks]),
-    jobs=[market_job],
-    schedules=[market_schedule],
+    assets=load_assets_from_modules(
+        [market_assets, anomalies_assets, churn_assets, briefing_assets]
+    ),
+    asset_checks=load_asset_checks_from_modules(
+        [market_checks, anomalies_checks, churn_checks, briefing_checks]
+    ),
+    jobs=[market_job, anomalies_job, churn_job, briefing_job],
+    schedules=[market_schedule, anomalies_schedule, churn_schedule, briefing_schedule],
+    sensors=[*build_catchup_sensors(CATCHUPS), freshness_alert_sensor, run_failure_alert_sensor],
     resources={
         "source": DataSourceResource(),
         "analyst": AnalystResource(),
         "reports": ReportStoreResource(),
         "range_io_manager": PartitionRangeIOManager(),
+        "delivery": DeliveryResource(),
+        "clock": ClockResource(),
     },
 )
+# Freshness policies on the report assets, applied once (agent_reports/ops/freshness.py).
+defs = with_freshness(defs)

@@ -8,6 +8,7 @@ from the clock, so re-rendering a partition gives the same bytes.
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +28,26 @@ class Table:
     rows: list[list[Any]]
 
 
+@dataclass(frozen=True)
+class Image:
+    """A chart: PNG bytes embedded in the HTML (a data URI), named in the Markdown."""
+
+    title: str
+    png: bytes
+
+    def data_uri(self) -> str:
+        return "data:image/png;base64," + base64.b64encode(self.png).decode("ascii")
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A file that goes with the report (written beside it, attached to its email)."""
+
+    filename: str
+    content_type: str
+    data: bytes
+
+
 @dataclass
 class Report:
     analysis: str
@@ -42,6 +63,8 @@ class Report:
     tables: list[Table] = field(default_factory=list)
     degraded: bool = False
     notes: list[str] = field(default_factory=list)
+    images: list[Image] = field(default_factory=list)
+    attachments: list[Attachment] = field(default_factory=list)
 
     @property
     def title(self) -> str:
@@ -49,7 +72,8 @@ class Report:
 
     def to_json(self) -> str:
         record = asdict(self)
-        record.pop("tables")
+        for view_only in ("tables", "images", "attachments"):
+            record.pop(view_only)
         return json.dumps(record, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
     def to_markdown(self) -> str:
@@ -66,6 +90,10 @@ class Report:
                 + (f" ({md_text(subject)})" if subject else "")
                 + f": {md_text(finding['detail'])}"
             )
+        for image in self.images:
+            lines += ["", f"_Chart: {md_text(image.title)} (in the HTML report)._"]
+        for attachment in self.attachments:
+            lines += ["", f"_Attached: `{md_text(attachment.filename)}`._"]
         for table in self.tables:
             lines += ["", f"## {md_text(table.title)}", ""]
             lines.append("| " + " | ".join(md_text(c) for c in table.columns) + " |")
@@ -81,18 +109,25 @@ class Report:
         ]
         return "\n".join(lines)
 
-    def to_html(self) -> str:
-        return _HTML.render(report=self, format_cell=format_cell)
+    def to_html(self, image_urls: list[str] | None = None) -> str:
+        """The HTML view; images as data URIs unless `image_urls` (e.g. `cid:` for email)."""
+        urls = image_urls if image_urls is not None else [i.data_uri() for i in self.images]
+        images = list(zip(self.images, urls, strict=True))
+        return _HTML.render(report=self, images=images, format_cell=format_cell)
 
     def paths(self, root: Path) -> dict[str, Path]:
         folder = root / self.analysis
-        return {ext: folder / f"{self.partition}.{ext}" for ext in ("json", "md", "html")}
+        paths = {ext: folder / f"{self.partition}.{ext}" for ext in ("json", "md", "html")}
+        for attachment in self.attachments:
+            paths[attachment.filename] = folder / f"{self.partition}.{attachment.filename}"
+        return paths
 
     def write(self, root: Path) -> dict[str, Path]:
         """Write the three files atomically; the JSON record goes last, as the commit mark."""
         paths = self.paths(root)
         write_all_atomic(
             [
+                *((paths[a.filename], a.data) for a in self.attachments),
                 (paths["md"], self.to_markdown().encode()),
                 (paths["html"], self.to_html().encode()),
                 (paths["json"], self.to_json().encode()),
@@ -130,6 +165,7 @@ body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0
 table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #d0d7de;padding:.3rem .6rem}
 th{background:#f6f8fa;text-align:left}td{font-variant-numeric:tabular-nums}
 .note{background:#fff8c5;border:1px solid #d4a72c;padding:.5rem 1rem}.meta{color:#57606a}
+img{max-width:100%}
 </style></head><body>
 <h1>{{ report.title }}</h1>
 <p class="meta">Window {{ report.window_start }} → {{ report.window_end }} (UTC)</p>
@@ -139,7 +175,10 @@ th{background:#f6f8fa;text-align:left}td{font-variant-numeric:tabular-nums}
 {% if report.findings %}<ul>{% for f in report.findings %}
 <li><strong>{{ f.title }}</strong>
 {%- if f.subjects %} ({{ f.subjects|join(", ") }}){% endif %}: {{ f.detail }}</li>
-{% endfor %}</ul>{% else %}<p>None.</p>{% endif %}
+{% endfor %}</ul>{% else %}<p>None.</p>{% endif %}{% for image, url in images %}
+<figure><img src="{{ url }}" alt="{{ image.title }}">
+<figcaption>{{ image.title }}</figcaption></figure>
+{%- endfor %}
 {% for table in report.tables %}<h2>{{ table.title }}</h2>
 <table><tr>{% for c in table.columns %}<th>{{ c }}</th>{% endfor %}</tr>
 {% for row in table.rows %}<tr>{% for v in row %}<td>{{ format_cell(v) }}</td>{% endfor %}</tr>

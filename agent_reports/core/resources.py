@@ -17,6 +17,7 @@ from pydantic import Field
 
 from agent_reports.core import settings
 from agent_reports.core.analyst import CachedAnalyst, OfflineAnalyst, OpenAIAnalyst, ResponseCache
+from agent_reports.core.delivery import DeliveryLedger, EmailSender, Notifier, WebhookSender
 from agent_reports.core.files import write_atomic
 from agent_reports.core.sources import DemoSource, FileSource, Source
 
@@ -94,6 +95,63 @@ class AnalystResource(ConfigurableResource):
             invalid_reply_attempts=self.invalid_reply_attempts,
         )
         return CachedAnalyst(inner, cache, degrade_on_failure=self.degrade_on_failure)
+
+
+class DeliveryResource(ConfigurableResource):
+    """Email (SMTP) and webhook delivery with its ledger; every setting read at run time.
+
+    Secrets (the SMTP password, the webhook URL and token) are read only through `EnvVar`
+    when a run sends, never from run config. Without AGENT_REPORTS_SMTP_HOST there is no
+    email channel; without AGENT_REPORTS_WEBHOOK_URL there is no webhook.
+    """
+
+    smtp_host: str | None = Field(default=None, description="env AGENT_REPORTS_SMTP_HOST")
+    smtp_port: int | None = Field(
+        default=None, description="env AGENT_REPORTS_SMTP_PORT (default 587, 465 for ssl, 25)"
+    )
+    smtp_security: str | None = Field(
+        default=None, description="none | starttls | ssl (env AGENT_REPORTS_SMTP_SECURITY)"
+    )
+    smtp_user: str | None = Field(default=None, description="env AGENT_REPORTS_SMTP_USER")
+    smtp_from: str | None = Field(
+        default=None, description="env AGENT_REPORTS_SMTP_FROM (default agent-reports@localhost)"
+    )
+    ledger_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL (env AGENT_REPORTS_LEDGER_URL, default "
+        "sqlite under the state dir)",
+    )
+
+    def email_sender(self) -> EmailSender | None:
+        host = self.smtp_host or settings.env("AGENT_REPORTS_SMTP_HOST")
+        if not host:
+            return None
+        security = self.smtp_security or settings.env("AGENT_REPORTS_SMTP_SECURITY", "starttls")
+        default_port = {"ssl": "465", "starttls": "587"}.get(security, "25")
+        port = self.smtp_port or int(settings.env("AGENT_REPORTS_SMTP_PORT", default_port))
+        return EmailSender(
+            host=host,
+            port=port,
+            sender=self.smtp_from
+            or settings.env("AGENT_REPORTS_SMTP_FROM", "agent-reports@localhost"),
+            security=security,
+            user=self.smtp_user or settings.env("AGENT_REPORTS_SMTP_USER"),
+            password=EnvVar("AGENT_REPORTS_SMTP_PASSWORD").get_value(),
+        )
+
+    def webhook_sender(self) -> WebhookSender | None:
+        url = EnvVar("AGENT_REPORTS_WEBHOOK_URL").get_value()
+        token = EnvVar("AGENT_REPORTS_WEBHOOK_TOKEN").get_value()
+        return WebhookSender(url, token or None) if url else None
+
+    def ledger(self) -> DeliveryLedger:
+        return DeliveryLedger(self.ledger_url or settings.env("AGENT_REPORTS_LEDGER_URL"))
+
+    def notifier(self, webhook: bool = True) -> Notifier:
+        """The ledger plus the configured channels (`webhook=False`: email only)."""
+        return Notifier(
+            self.ledger(), self.email_sender(), self.webhook_sender() if webhook else None
+        )
 
 
 class ReportStoreResource(ConfigurableResource):

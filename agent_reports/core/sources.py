@@ -12,12 +12,16 @@ import csv
 import functools
 import gzip
 import zlib
-from datetime import date, timedelta
+from collections.abc import Iterator
+from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from agent_reports.core.access_logs import LogChunk
 
 MARKET_COLUMNS = ("date", "ticker", "open", "high", "low", "close", "volume")
 PRICE_COLUMNS = ("open", "high", "low", "close", "volume")
@@ -39,6 +43,15 @@ class Source(Protocol):
 
     def market_prices(self, start: date, end: date) -> pd.DataFrame:
         """Daily OHLCV rows, columns MARKET_COLUMNS, `date` as datetime64 (midnight UTC)."""
+        ...
+
+    def access_logs(self, start: datetime, end: datetime) -> Iterator[LogChunk]:
+        """Parsed access-log lines timed in [start, end) (aware datetimes), in streamed chunks,
+        with the malformed lines counted (see core/access_logs.py)."""
+        ...
+
+    def customers(self) -> pd.DataFrame:
+        """The customer base, one row per customer, canonical columns (core/customers.py)."""
         ...
 
 
@@ -132,6 +145,19 @@ class DemoSource:
         in_window = (prices["date"] >= pd.Timestamp(start)) & (prices["date"] < pd.Timestamp(end))
         return prices[in_window].sort_values(["date", "ticker"]).reset_index(drop=True)
 
+    def access_logs(self, start: datetime, end: datetime) -> Iterator[LogChunk]:
+        """Generated traffic with labelled incidents (core/access_logs_demo.py), parsed."""
+        from agent_reports.core.access_logs import parse_blocks
+        from agent_reports.core.access_logs_demo import demo_blocks
+
+        return parse_blocks(demo_blocks(self.seed, start, end), "demo", start, end)
+
+    def customers(self) -> pd.DataFrame:
+        """A generated telco-like base with a churn history (core/customers.py)."""
+        from agent_reports.core.customers import demo_customers
+
+        return demo_customers(self.seed).copy()
+
 
 # -------------------------------------------------------------------------- files source
 
@@ -212,6 +238,21 @@ class FileSource:
         if not folder.is_dir():
             raise InputError(folder, None, None, "folder not found (AGENT_REPORTS_DATA_DIR/kind)")
         return sorted({path for pattern in patterns for path in folder.glob(pattern)})
+
+    def access_logs(self, start: datetime, end: datetime) -> Iterator[LogChunk]:
+        """Every file under `<data_dir>/logs/` (plain or .gz, any names), streamed."""
+        from agent_reports.core.access_logs import log_files, read_access_logs
+
+        folder = self.data_dir / "logs"
+        if not folder.is_dir():
+            raise InputError(folder, None, None, "folder not found (AGENT_REPORTS_DATA_DIR/logs)")
+        return read_access_logs(log_files(folder), start, end)
+
+    def customers(self) -> pd.DataFrame:
+        """Every CSV under `<data_dir>/customers/` (plain or .gz), one base."""
+        from agent_reports.core.customers import read_customers_folder
+
+        return read_customers_folder(self.data_dir / "customers")
 
     def market_prices(self, start: date, end: date) -> pd.DataFrame:
         frames = [read_market_csv(path) for path in self._files("market", ("*.csv", "*.csv.gz"))]

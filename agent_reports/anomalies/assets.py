@@ -1,0 +1,326 @@
+"""Anomaly assets: access logs → hourly traffic → verdict → report → alert, per UTC hour.
+
+Each asset handles every partition of its run (one hour when scheduled, a whole range in
+a single-run backfill) and returns `{partition_key: value}`. The logs are scanned once
+per run, from the baseline of the earliest hour to the end of the latest.
+"""
+
+import os
+from datetime import UTC, datetime
+
+from dagster import (
+    AssetExecutionContext,
+    BackfillPolicy,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+
+from agent_reports.anomalies import prompts
+from agent_reports.anomalies.analysis import (
+    LOOKBACK_HOURS,
+    SEVERITIES,
+    HourlyTraffic,
+    detect,
+    partition_traffic,
+)
+from agent_reports.anomalies.partitions import ANALYSIS, POOL, anomalies_partitions
+from agent_reports.core import settings
+from agent_reports.core.analyst import AnalystAnswer, AnalystRequest
+from agent_reports.core.delivery import Message
+from agent_reports.core.publishing import PartitionWork, publish_reports, report_notes
+from agent_reports.core.reports import Report, Table
+from agent_reports.core.resources import (
+    AnalystResource,
+    DataSourceResource,
+    DeliveryResource,
+    ReportStoreResource,
+)
+from agent_reports.core.sources import InputError
+
+COMMON = {
+    "group_name": ANALYSIS,
+    "partitions_def": anomalies_partitions,
+    "pool": POOL,
+    "backfill_policy": BackfillPolicy.single_run(),
+}
+
+
+def _hours(context: AssetExecutionContext) -> dict[str, int]:
+    """Partition key → epoch hour (UTC)."""
+    return {
+        key: int(anomalies_partitions.time_window_for_partition_key(key).start.timestamp()) // 3600
+        for key in context.partition_keys
+    }
+
+
+def _at(hour: int) -> datetime:
+    return datetime.fromtimestamp(hour * 3600, UTC)
+
+
+@asset(**COMMON, io_manager_key="range_io_manager", kinds={"pyarrow"})
+def anomalies_traffic(
+    context: AssetExecutionContext, source: DataSourceResource
+) -> dict[str, dict]:
+    """Each hour's features (requests, status codes, error rates, latency, bytes, clients,
+    paths, new user agents, malformed lines) and its baseline values."""
+    hours = _hours(context)
+    start, end = _at(min(hours.values()) - LOOKBACK_HOURS), _at(max(hours.values()) + 1)
+    try:
+        traffic = HourlyTraffic().add_all(source.get().access_logs(start, end))
+    except InputError as error:
+        raise Failure(
+            description=f"Bad access-log input: {error}",
+            metadata={"file": error.path, "line": error.line or 0},
+            allow_retries=False,
+        ) from None
+    if traffic.malformed_without_time:
+        context.log.warning(
+            f"{traffic.malformed_without_time} malformed line(s) in files with no readable "
+            "timestamp could not be placed in an hour"
+        )
+    values = {}
+    for key, hour in hours.items():
+        values[key] = partition_traffic(traffic, hour)
+        features = values[key]["features"]
+        context.add_asset_metadata(
+            {
+                "requests": features["requests"],
+                "malformed_lines": features["malformed_lines"],
+                "baseline_hours": len(values[key]["baseline"]["requests"]),
+            },
+            partition_key=key,
+        )
+    return values
+
+
+@asset(**COMMON, io_manager_key="range_io_manager")
+def anomalies_detection(
+    context: AssetExecutionContext, anomalies_traffic: dict[str, dict]
+) -> dict[str, dict]:
+    """The verdict per hour, computed by code: ranked anomalies and the overall severity."""
+    values = {}
+    for key in context.partition_keys:
+        window = anomalies_traffic[key]
+        verdict = detect(window["features"], window["baseline"])
+        values[key] = {**verdict, "features": window["features"]}
+        context.add_asset_metadata(
+            {"severity": verdict["severity"], "anomalies": len(verdict["anomalies"])},
+            partition_key=key,
+        )
+    return values
+
+
+@asset(**COMMON)
+def anomalies_report(
+    context: AssetExecutionContext,
+    anomalies_detection: dict[str, dict],
+    analyst: AnalystResource,
+    reports: ReportStoreResource,
+) -> MaterializeResult:
+    """The hour's anomaly report: verdict from code, triage note from the analyst (cached)."""
+    work = [
+        PartitionWork(
+            key,
+            AnalystRequest(
+                analysis=ANALYSIS,
+                prompt_version=prompts.PROMPT_VERSION,
+                instructions=prompts.INSTRUCTIONS,
+                data=prompts.prompt_data(
+                    anomalies_detection[key], anomalies_detection[key]["features"], key
+                ),
+                schema=prompts.SCHEMA,
+                offline=prompts.offline_narrative,
+                check=prompts.check,
+            ),
+        )
+        for key in context.partition_keys
+    ]
+
+    def build(item: PartitionWork, answer: AnalystAnswer) -> Report:
+        return build_anomalies_report(
+            item.partition_key, anomalies_detection[item.partition_key], answer
+        )
+
+    written = publish_reports(
+        context, analyst.get(), reports.path(), work, build, analyst.max_concurrency
+    )
+    return MaterializeResult(metadata={"reports_written": MetadataValue.int(len(written))})
+
+
+def _evidence_text(evidence: dict) -> str:
+    parts = []
+    for label, items in evidence.items():
+        names = ", ".join(f"{item['name']} ({list(item.values())[1]})" for item in items)
+        parts.append(f"{label}: {names or '–'}")
+    return "; ".join(parts)
+
+
+def _tables(verdict: dict) -> list[Table]:
+    features = verdict["features"]
+    anomalies = [
+        [
+            a["metric"],
+            a["observed"],
+            f"{a['expected_low']:g} – {a['expected_high']:g}",
+            a["score"],
+            a["severity"],
+            _evidence_text(a["evidence"]),
+        ]
+        for a in verdict["anomalies"]
+    ]
+    tables = [
+        Table(
+            "Anomalies",
+            ["metric", "observed", "expected", "score", "severity", "evidence"],
+            anomalies,
+        ),
+        Table(
+            "Status codes",
+            ["status", "requests"],
+            list(map(list, features["status_counts"].items())),
+        ),
+    ]
+    for title, key in (
+        ("Top clients", "top_clients"),
+        ("Top paths", "top_paths"),
+        ("Top user agents", "top_user_agents"),
+    ):
+        tables.append(
+            Table(title, ["name", "requests"], [[i["name"], i["requests"]] for i in features[key]])
+        )
+    samples = [[s["file"], s["line"], s["text"]] for s in features["malformed_samples"]]
+    if samples:
+        tables.append(Table("Malformed line samples", ["file", "line", "text"], samples))
+    return [table for table in tables if table.rows]
+
+
+def build_anomalies_report(key: str, verdict: dict, answer: AnalystAnswer) -> Report:
+    window = anomalies_partitions.time_window_for_partition_key(key)
+    features = verdict["features"]
+    notes = [
+        f"Verdict (computed from the data, not by the LLM): severity {verdict['severity']}, "
+        f"{len(verdict['anomalies'])} anomal{'y' if len(verdict['anomalies']) == 1 else 'ies'}."
+    ]
+    if not verdict["baseline_sufficient"]:
+        notes.append(
+            f"Baseline too short ({verdict['baseline_hours']} hours with traffic): "
+            "no anomaly can be judged for this hour."
+        )
+    if features["malformed_lines"]:
+        notes.append(f"{features['malformed_lines']} malformed log line(s) skipped; samples below.")
+    notes += report_notes(answer)
+    narrative = answer.narrative
+    notes += [
+        f"Probable cause: {narrative['probable_cause']}",
+        f"Look first at: {narrative['look_first']}",
+    ]
+    metrics = {
+        "severity": verdict["severity"],
+        "anomalies": verdict["anomalies"],
+        "baseline_hours": verdict["baseline_hours"],
+        **features,
+    }
+    return Report(
+        analysis=ANALYSIS,
+        partition=key,
+        window_start=window.start.isoformat(),
+        window_end=window.end.isoformat(),
+        generated_by=answer.generated_by,
+        input_fingerprint=answer.input_fingerprint,
+        prompt_version=prompts.PROMPT_VERSION,
+        summary=narrative["summary"],
+        findings=narrative["findings"],
+        metrics=metrics,
+        tables=_tables(verdict),
+        degraded=answer.degraded,
+        notes=notes,
+    )
+
+
+def alert_threshold() -> str:
+    """The lowest severity that alerts (env AGENT_REPORTS_ALERT_MIN_SEVERITY, default high)."""
+    threshold = settings.env("AGENT_REPORTS_ALERT_MIN_SEVERITY", "high")
+    if threshold not in SEVERITIES[1:]:
+        raise ValueError(f"AGENT_REPORTS_ALERT_MIN_SEVERITY must be one of {SEVERITIES[1:]}")
+    return threshold
+
+
+def alert_message(key: str, verdict: dict, report_path: str) -> Message:
+    """The alert, identical for every run of the partition with the same verdict."""
+    rows = [
+        f"- {a['metric']}: {a['observed']} (expected {a['expected_low']:g}–{a['expected_high']:g},"
+        f" score {a['score']:+.1f}, {a['severity']})"
+        for a in verdict["anomalies"]
+    ]
+    subject = f"[agent_reports] {verdict['severity'].upper()} traffic anomalies in {key} UTC"
+    text = "\n".join([subject, "", *rows, "", f"Report: {report_path}", ""])
+    payload = {
+        "analysis": ANALYSIS,
+        "partition": key,
+        "severity": verdict["severity"],
+        "anomalies": [
+            {k: a[k] for k in ("metric", "observed", "expected_low", "expected_high", "score")}
+            | {"severity": a["severity"]}
+            for a in verdict["anomalies"]
+        ],
+        "report": report_path,
+    }
+    return Message(subject=subject, text=text, payload=payload)
+
+
+@asset(**COMMON, deps=[anomalies_report])
+def anomalies_alert(
+    context: AssetExecutionContext,
+    anomalies_detection: dict[str, dict],
+    delivery: DeliveryResource,
+    reports: ReportStoreResource,
+) -> MaterializeResult:
+    """One alert per (partition, severity) at or above the threshold, through the ledger:
+    re-runs and retries of the partition do not send it again."""
+    threshold = alert_threshold()
+    recipients = [
+        address.strip()
+        for address in (settings.env("AGENT_REPORTS_ALERT_EMAIL_TO", "") or "").split(",")
+        if address.strip()
+    ]
+    notifier = None
+    failures = []
+    for key in context.partition_keys:
+        verdict = anomalies_detection[key]
+        severity = verdict["severity"]
+        if SEVERITIES.index(severity) < SEVERITIES.index(threshold):
+            context.add_asset_metadata({"alerted": False, "severity": severity}, partition_key=key)
+            continue
+        notifier = notifier or delivery.notifier()
+        if not recipients and notifier.webhook is None:
+            context.log.warning(f"{key}: severity {severity} but no alert channel is configured")
+        report_path = os.fspath(reports.path() / ANALYSIS / f"{key}.html")
+        outcomes = notifier.notify(
+            ANALYSIS,
+            key,
+            f"severity:{severity}",
+            alert_message(key, verdict, report_path),
+            recipients,
+        )
+        failures += [f"{key} → {o.key.recipient}: {o.reason}" for o in outcomes if not o.ok]
+        context.add_asset_metadata(
+            {
+                "alerted": True,
+                "severity": severity,
+                "deliveries": MetadataValue.json(
+                    [
+                        {"recipient": o.key.recipient, "status": o.status, "reason": o.reason}
+                        for o in outcomes
+                    ]
+                ),
+            },
+            partition_key=key,
+        )
+    if failures:
+        raise Failure(
+            description=f"{len(failures)} alert delivery(ies) failed; a re-run sends only those",
+            metadata={"failures": MetadataValue.json(failures[:50])},
+        )
+    return MaterializeResult()

@@ -1,0 +1,113 @@
+"""What the triage analyst is asked, what a valid answer is, and the offline template.
+
+The model sees compact statistics only (features, the code's anomalies and their
+evidence), never log lines. It explains; it does not judge: the severity and the list of
+anomalies in the report come from code, whatever the reply says. Bump PROMPT_VERSION when
+the instructions, the data layout or the schema change.
+"""
+
+from typing import Any
+
+from agent_reports.core.analyst import Finding, InvalidReply, Narrative, check_narrative
+
+PROMPT_VERSION = "anomalies-v1"
+
+INSTRUCTIONS = """\
+You are an on-call site reliability engineer triaging one hour of web-server traffic.
+The data gives the hour's features (requests, 4xx/5xx rates, latency percentiles, bytes,
+distinct clients, top client share, share of new user agents), the anomalies found by
+a statistical detector against a seasonal baseline (metric, observed value, expected
+range, score, severity) and their evidence (top clients, paths, user agents).
+Write a summary of at most three sentences, up to five findings (each names the metrics,
+paths or clients it is about in `subjects`), `probable_cause`: what most likely happened,
+and `look_first`: the first thing the on-call engineer should check. Do not change or
+dispute the detector's severity, and do not invent figures."""
+
+
+class TriageNote(Narrative):
+    """The narrative plus the triage fields."""
+
+    probable_cause: str
+    look_first: str
+
+
+SCHEMA = TriageNote
+
+
+def prompt_data(verdict: dict[str, Any], features: dict[str, Any], partition: str) -> dict:
+    """Compact statistics for the model: no raw lines, no malformed samples."""
+    shown = {k: v for k, v in features.items() if k != "malformed_samples"}
+    return {
+        "hour": partition,
+        "severity": verdict["severity"],
+        "anomalies": verdict["anomalies"],
+        "features": shown,
+    }
+
+
+def known_subjects(data: dict[str, Any]) -> set[str]:
+    """Metric names, and the names in the evidence and top lists."""
+    subjects = set(data["features"]) | {a["metric"] for a in data["anomalies"]}
+    for value in data["features"].values():
+        if isinstance(value, list):
+            subjects |= {
+                item["name"] for item in value if isinstance(item, dict) and "name" in item
+            }
+    for anomaly in data["anomalies"]:
+        for items in anomaly["evidence"].values():
+            subjects |= {item["name"] for item in items}
+    return subjects
+
+
+def check(note: TriageNote, data: dict[str, Any]) -> None:
+    check_narrative(note, known_subjects(data))
+    if not note.probable_cause.strip() or not note.look_first.strip():
+        raise InvalidReply("probable_cause or look_first is empty")
+
+
+_CAUSES = {
+    "rate_5xx": ("a server-side failure", "the error logs of the paths with most 5xx"),
+    "rate_4xx": ("clients hitting missing or forbidden paths", "the paths with most 4xx"),
+    "latency_p95_ms": ("a slow endpoint or a saturated backend", "the slowest paths"),
+    "latency_p50_ms": ("a general slowdown", "backend saturation and the slowest paths"),
+    "top_client_share": ("one client flooding the site", "the top client and its user agent"),
+    "new_user_agent_share": ("a new crawler or bot", "the new user agents"),
+    "requests": ("a change in traffic volume", "upstream routing and the top clients"),
+    "bytes": ("a change in response sizes or volume", "the top paths"),
+    "distinct_clients": ("a change in the client population", "the top clients"),
+}
+
+
+def _describe(anomaly: dict[str, Any]) -> Finding:
+    names = [item["name"] for items in anomaly["evidence"].values() for item in items[:1]]
+    return Finding(
+        title=f"{anomaly['metric']} {anomaly['severity']} (score {anomaly['score']:+.1f})",
+        detail=(
+            f"Observed {anomaly['observed']}, expected {anomaly['expected_low']}–"
+            f"{anomaly['expected_high']} (baseline median {anomaly['baseline_median']})."
+        ),
+        subjects=[anomaly["metric"], *names],
+    )
+
+
+def offline_narrative(data: dict[str, Any]) -> TriageNote:
+    """A deterministic note from the same statistics, for when no LLM is configured."""
+    features, anomalies = data["features"], data["anomalies"]
+    if not anomalies:
+        return TriageNote(
+            summary=f"No anomalies in {data['hour']}: {features['requests']} requests, "
+            "every feature within its expected range.",
+            findings=[],
+            probable_cause="Normal traffic.",
+            look_first="Nothing to look at.",
+        )
+    first = anomalies[0]
+    cause, look = _CAUSES.get(first["metric"], ("an unusual pattern", "the evidence"))
+    return TriageNote(
+        summary=f"{len(anomalies)} anomalies in {data['hour']} (severity {data['severity']}); "
+        f"the strongest is {first['metric']} at {first['observed']} against an expected "
+        f"{first['expected_low']}–{first['expected_high']}.",
+        findings=[_describe(a) for a in anomalies[:5]],
+        probable_cause=f"Most likely {cause}.",
+        look_first=f"Check {look}.",
+    )

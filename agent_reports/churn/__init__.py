@@ -1,0 +1,1 @@
+"""Weekly churn report: score active customers, explain the risk, email it once."""

@@ -1,0 +1,327 @@
+"""Churn assets: customers → model and segments → report → email, per UTC week.
+
+Each asset handles every partition of its run (one week in a scheduled run, a range in a
+single-run backfill) and returns `{partition_key: value}`; the customer table is read
+once per run. The email goes through the delivery ledger, once per week, recipient and
+report content (see churn/mailing.py).
+"""
+
+from collections import Counter
+from datetime import date
+from typing import Any
+
+import pandas as pd
+from dagster import (
+    AssetExecutionContext,
+    BackfillPolicy,
+    Config,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+from pydantic import Field
+
+from agent_reports.churn import prompts
+from agent_reports.churn.analysis import (
+    at_risk_csv,
+    churn_metrics,
+    customers_as_of,
+    risk_chart,
+    segment_chart,
+)
+from agent_reports.churn.mailing import content_fingerprint, deliver_report, report_email
+from agent_reports.churn.partitions import ANALYSIS, POOL, churn_partitions
+from agent_reports.core import settings
+from agent_reports.core.analyst import AnalystAnswer, AnalystRequest
+from agent_reports.core.customers import load_customers
+from agent_reports.core.delivery import DeliveryKey, DeliveryLedger, EmailSender
+from agent_reports.core.publishing import PartitionWork, publish_reports, report_notes
+from agent_reports.core.reports import Attachment, Image, Report, Table
+from agent_reports.core.resources import (
+    AnalystResource,
+    DataSourceResource,
+    DeliveryResource,
+    ReportStoreResource,
+)
+from agent_reports.core.sources import InputError
+
+COMMON = {
+    "group_name": ANALYSIS,
+    "partitions_def": churn_partitions,
+    "pool": POOL,
+    "backfill_policy": BackfillPolicy.single_run(),
+}
+AT_RISK_FILENAME = "at-risk-customers.csv"
+REPORT_TOP_ROWS = 20
+
+
+def _weeks(context: AssetExecutionContext) -> dict[str, tuple[date, date]]:
+    weeks = {}
+    for key in context.partition_keys:
+        window = churn_partitions.time_window_for_partition_key(key)
+        weeks[key] = (window.start.date(), window.end.date())
+    return weeks
+
+
+@asset(**COMMON, io_manager_key="range_io_manager", kinds={"pandas"})
+def churn_customers(
+    context: AssetExecutionContext, source: DataSourceResource
+) -> dict[str, pd.DataFrame]:
+    """The customer base as of each week's end: signed up before it, churned before it or
+    active (SQL table, drop-folder CSVs or the demo generator)."""
+    try:
+        base, origin = load_customers(source.get())
+    except InputError as error:
+        raise Failure(
+            description=f"Bad customer input: {error}",
+            metadata={"file": error.path, "line": error.line or 0, "column": error.column or ""},
+            allow_retries=False,
+        ) from None
+    values = {}
+    for key, (_, end) in _weeks(context).items():
+        frame = customers_as_of(base, end)
+        values[key] = frame
+        churned = int(frame["churned"].sum())
+        context.add_asset_metadata(
+            {
+                "origin": origin,
+                "customers": len(frame),
+                "active": len(frame) - churned,
+                "churned": churned,
+                "blank_total_charges": int(frame["total_charges"].isna().sum()),
+            },
+            partition_key=key,
+        )
+    return values
+
+
+@asset(**COMMON, io_manager_key="range_io_manager", kinds={"scikitlearn"})
+def churn_analysis(
+    context: AssetExecutionContext, churn_customers: dict[str, pd.DataFrame]
+) -> dict[str, dict]:
+    """Cross-validated churn risk of every active customer, the model's ROC AUC, churn rates
+    by segment and the top at-risk customers."""
+    values = {}
+    for key, (start, end) in _weeks(context).items():
+        metrics = churn_metrics(churn_customers[key], start, end)
+        values[key] = metrics
+        risk = metrics["risk"] or {}
+        context.add_asset_metadata(
+            {
+                "model_status": metrics["model"]["status"],
+                "roc_auc": MetadataValue.float(metrics["model"]["roc_auc"] or 0.0),
+                "active": metrics["customers"]["active"],
+                "high_risk": risk.get("bands", {}).get("high", 0),
+                "expected_churners": MetadataValue.float(risk.get("expected_churners") or 0.0),
+            },
+            partition_key=key,
+        )
+    return values
+
+
+@asset(**COMMON, io_manager_key="range_io_manager")
+def churn_report(
+    context: AssetExecutionContext,
+    churn_analysis: dict[str, dict],
+    analyst: AnalystResource,
+    reports: ReportStoreResource,
+) -> dict[str, Report]:
+    """The week's churn report: figures and charts from code, narrative and retention
+    actions from the analyst (cached), the top at-risk customers as a CSV."""
+    work = [
+        PartitionWork(
+            key,
+            AnalystRequest(
+                analysis=ANALYSIS,
+                prompt_version=prompts.PROMPT_VERSION,
+                instructions=prompts.INSTRUCTIONS,
+                data=prompts.prompt_data(churn_analysis[key]),
+                schema=prompts.SCHEMA,
+                offline=prompts.offline_narrative,
+                check=prompts.check,
+            ),
+        )
+        for key in context.partition_keys
+    ]
+
+    def build(item: PartitionWork, answer: AnalystAnswer) -> Report:
+        return build_churn_report(item.partition_key, churn_analysis[item.partition_key], answer)
+
+    written = publish_reports(
+        context, analyst.get(), reports.path(), work, build, analyst.max_concurrency
+    )
+    return {report.partition: report for report in written}
+
+
+def build_churn_report(key: str, metrics: dict[str, Any], answer: AnalystAnswer) -> Report:
+    window = churn_partitions.time_window_for_partition_key(key)
+    model = metrics["model"]
+    notes = report_notes(answer)
+    if model["status"] != "ok":
+        notes.insert(0, f"No churn model this week: {model['reason']}.")
+    if not metrics["data"]["dated"]:
+        notes.append(
+            "The customer source has no signup or churn dates: every week reads it as it is now."
+        )
+    narrative = answer.narrative
+    images = []
+    if metrics["risk"] is not None:
+        images.append(Image("Churn risk of active customers", risk_chart(metrics)))
+    if metrics["segments"]:
+        images.append(Image("Churn rate by segment", segment_chart(metrics)))
+    return Report(
+        analysis=ANALYSIS,
+        partition=key,
+        window_start=window.start.isoformat(),
+        window_end=window.end.isoformat(),
+        generated_by=answer.generated_by,
+        input_fingerprint=answer.input_fingerprint,
+        prompt_version=prompts.PROMPT_VERSION,
+        summary=narrative["summary"],
+        findings=narrative["findings"] + [_action(a) for a in narrative["actions"]],
+        metrics=metrics,
+        tables=_tables(metrics),
+        degraded=answer.degraded or model["status"] != "ok",
+        notes=notes,
+        images=images,
+        attachments=[Attachment(AT_RISK_FILENAME, "text/csv", at_risk_csv(metrics))],
+    )
+
+
+def _action(action: dict[str, Any]) -> dict[str, Any]:
+    return {**action, "title": f"Action: {action['title']}"}
+
+
+def _tables(metrics: dict[str, Any]) -> list[Table]:
+    model, customers = metrics["model"], metrics["customers"]
+    overview = [
+        ["active customers", customers["active"]],
+        ["churned (all time)", customers["churned"]],
+        ["churn rate", customers["churn_rate"]],
+        ["churned this week", customers["churned_this_week"]],
+        ["signed up this week", customers["signed_up_this_week"]],
+        ["model ROC AUC (cross-validated)", model["roc_auc"]],
+        ["training customers", model["training_rows"]],
+        ["expected churners", (metrics["risk"] or {}).get("expected_churners")],
+    ]
+    segment_keys = ("segment", "customers", "churned", "churn_rate", "lift", "active")
+    segments = [
+        [column.replace("_", " "), *(r[k] for k in segment_keys), r["mean_risk_active"]]
+        for column, rows in metrics["segments"].items()
+        for r in rows
+    ]
+    top_keys = ("customer_id", "risk", "contract", "tenure", "monthly_charges", "payment_method")
+    top = [[r[k] for k in top_keys] for r in metrics["top_at_risk"][:REPORT_TOP_ROWS]]
+    tables = [
+        Table("Overview", ["figure", "value"], overview),
+        Table(
+            "Churn by segment",
+            ["by", "segment", "customers", "churned", "churn rate", "lift", "active", "mean risk"],
+            segments,
+        ),
+    ]
+    if top:
+        columns = ["customer", "risk", "contract", "tenure", "monthly charges", "payment method"]
+        tables.append(Table(f"Top {len(top)} at-risk customers", columns, top))
+    return tables
+
+
+class ChurnEmailConfig(Config):
+    """Run config of the email step (launchpad: ops → churn_email → config)."""
+
+    resend: bool = Field(
+        default=False,
+        description="send a changed report for a week whose earlier version was already sent",
+    )
+    send_degraded: bool = Field(
+        default=False, description="email a degraded report (LLM failed or no model) anyway"
+    )
+    send_attempts: int = Field(default=3, description="tries per recipient on transient errors")
+    retry_backoff_seconds: float = Field(default=2.0, description="first wait; doubles each try")
+
+
+def recipients() -> list[str]:
+    """AGENT_REPORTS_CHURN_RECIPIENTS, comma-separated, read at run time."""
+    text = settings.env("AGENT_REPORTS_CHURN_RECIPIENTS", "") or ""
+    return sorted({address.strip() for address in text.split(",") if address.strip()})
+
+
+def email_subject(report: Report) -> str:
+    risk = report.metrics["risk"]
+    at_risk = f": {risk['bands']['high']} customers at high risk" if risk else ""
+    return f"Churn report — week of {report.partition}{at_risk}"
+
+
+@asset(**COMMON, kinds={"email"})
+def churn_email(
+    context: AssetExecutionContext,
+    config: ChurnEmailConfig,
+    churn_report: dict[str, Report],
+    delivery: DeliveryResource,
+) -> MaterializeResult:
+    """The week's report emailed once per recipient: re-runs send nothing, a changed report
+    is withheld unless `resend: true`, a refused recipient does not stop the others."""
+    to = recipients()
+    if not to:
+        context.log.warning("AGENT_REPORTS_CHURN_RECIPIENTS is empty: no email sent")
+    sender = delivery.email_sender() if to else None
+    if to and sender is None:
+        raise Failure(
+            description="AGENT_REPORTS_CHURN_RECIPIENTS is set but AGENT_REPORTS_SMTP_HOST is not",
+            allow_retries=False,
+        )
+    ledger = delivery.ledger() if to else None
+    try:
+        failures = [
+            failure
+            for key in context.partition_keys
+            for failure in _email_week(context, config, churn_report[key], to, ledger, sender)
+        ]
+    finally:
+        if ledger is not None:
+            ledger.engine.dispose()
+    if failures:
+        raise Failure(
+            description=f"{len(failures)} email(s) failed; a re-run sends only those",
+            metadata={"failures": MetadataValue.json(failures[:50])},
+        )
+    return MaterializeResult()
+
+
+def _email_week(
+    context: AssetExecutionContext,
+    config: ChurnEmailConfig,
+    report: Report,
+    to: list[str],
+    ledger: DeliveryLedger | None,
+    sender: EmailSender | None,
+) -> list[str]:
+    """Deliver one week's report to every recipient; record what happened; return failures."""
+    key = report.partition
+    fingerprint = content_fingerprint(report)
+    held = report.degraded and not config.send_degraded
+    results = []
+    if to and not held:
+        results = deliver_report(
+            ledger,
+            sender,
+            [DeliveryKey(ANALYSIS, key, address, fingerprint) for address in to],
+            lambda k: report_email(sender, report, email_subject(report), k),
+            resend=config.resend,
+            attempts=config.send_attempts,
+            backoff_seconds=config.retry_backoff_seconds,
+        )
+    counts = Counter(r.status for r in results)
+    context.add_asset_metadata(
+        {
+            "content_fingerprint": fingerprint,
+            "recipients": len(to),
+            "held_degraded": held and bool(to),
+            "deliveries": MetadataValue.json([r.as_dict() for r in results]),
+            "delivery_summary": ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+            or "nothing to send",
+        },
+        partition_key=key,
+    )
+    return [f"{key} → {r.recipient}: {r.reason}" for r in results if not r.ok]

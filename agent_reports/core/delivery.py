@@ -1,0 +1,359 @@
+"""Side effects that must happen once: email and webhook delivery behind a durable ledger.
+
+Every delivery has a `DeliveryKey` (report, partition, recipient, content fingerprint).
+`DeliveryLedger.deliver_once` sends at most one successful message per key, across
+re-runs, retries and processes; each recipient is its own key, so one refused address
+never loses or repeats the others.
+
+Which way a crash errs: **at least once.** The ledger row is written in the same
+database transaction that is open while the message is sent, and committed only after
+the send returned. A crash (or a failed ledger write) between the send and the commit
+rolls the row back, so the retry sends again: a possible duplicate, never a silent
+loss. An alert nobody receives is worse than one received twice, and the duplicate is
+recognisable: the Message-ID (email) and the Idempotency-Key header (webhook) derive
+from the key, so mail systems and webhook receivers can drop the copy. The open
+transaction also holds a lock on the row (PostgreSQL) or the database (SQLite), so two
+processes delivering the same key at once cannot both send.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import smtplib
+import ssl
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from typing import Any
+
+import sqlalchemy as sa
+
+log = logging.getLogger(__name__)
+
+SECURITY_MODES = ("none", "starttls", "ssl")
+
+
+class DeliveryError(RuntimeError):
+    """A send that did not go through; the message says why, without secrets."""
+
+
+@dataclass(frozen=True)
+class DeliveryKey:
+    """What makes a delivery unique: sending the same key twice is a duplicate."""
+
+    report: str
+    partition: str
+    recipient: str
+    fingerprint: str
+
+    @property
+    def digest(self) -> str:
+        text = "\x1f".join((self.report, self.partition, self.recipient, self.fingerprint))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def message_id(self, domain: str = "agent-reports.local") -> str:
+        """A Message-ID / idempotency key equal for every attempt of this key."""
+        return f"<{self.digest[:32]}.{self.report}@{domain}>"
+
+
+@dataclass(frozen=True)
+class DeliveryOutcome:
+    """`sent`, `already_sent` or `failed` (with the reason)."""
+
+    key: DeliveryKey
+    status: str
+    reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("sent", "already_sent")
+
+
+_metadata = sa.MetaData()
+deliveries = sa.Table(
+    "deliveries",
+    _metadata,
+    sa.Column("report", sa.String(100), primary_key=True),
+    sa.Column("partition", sa.String(100), primary_key=True),
+    sa.Column("recipient", sa.String(320), primary_key=True),
+    sa.Column("fingerprint", sa.String(200), primary_key=True),
+    sa.Column("status", sa.String(20), nullable=False),  # sent | failed (sending: in flight)
+    sa.Column("message_id", sa.String(200), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def default_ledger_url() -> str:
+    from agent_reports.core import settings
+
+    url = settings.env("AGENT_REPORTS_LEDGER_URL")
+    if url:
+        return url
+    path = settings.state_dir() / "ledger.sqlite"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+class DeliveryLedger:
+    """Durable record of deliveries (SQLite by default, PostgreSQL via a URL)."""
+
+    def __init__(self, url: str | None = None):
+        url = url or default_ledger_url()
+        args = {"timeout": 120} if url.startswith("sqlite") else {}
+        self.engine = sa.create_engine(url, connect_args=args)
+        _metadata.create_all(self.engine)
+
+    def _upsert(
+        self, connection: sa.Connection, key: DeliveryKey, insert: dict, update: dict
+    ) -> None:
+        """Insert the key's row, or update the existing one: either way the row is locked."""
+        dialect = connection.dialect.name
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        elif dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        else:
+            raise ValueError(f"the delivery ledger supports sqlite and postgresql, not {dialect}")
+        row = {**_key_columns(key), "message_id": key.message_id(), "updated_at": _now(), **insert}
+        statement = dialect_insert(deliveries).values(**row)
+        connection.execute(
+            statement.on_conflict_do_update(
+                index_elements=list(_key_columns(key)), set_={"updated_at": _now(), **update}
+            )
+        )
+
+    def status(self, key: DeliveryKey) -> dict[str, Any] | None:
+        with self.engine.connect() as connection:
+            row = connection.execute(sa.select(deliveries).where(*_matches(key))).first()
+        return None if row is None else dict(row._mapping)
+
+    def entries(self, report: str | None = None) -> list[dict[str, Any]]:
+        """All rows (for audits and tests), oldest key first."""
+        query = sa.select(deliveries).order_by(*deliveries.primary_key.columns)
+        if report is not None:
+            query = query.where(deliveries.c.report == report)
+        with self.engine.connect() as connection:
+            return [dict(row._mapping) for row in connection.execute(query)]
+
+    def deliver_once(
+        self, key: DeliveryKey, send: Callable[[], None], resend: bool = False
+    ) -> DeliveryOutcome:
+        """Call `send` unless `key` was delivered before (or `resend`); record the result.
+
+        The row is written (locking it) before `send` and committed after it, in one
+        transaction: see the module docstring for why a crash in between resends.
+        """
+        with self.engine.begin() as connection:
+            # Write first: the write takes the lock, so the read after it cannot be stale.
+            self._upsert(connection, key, {"status": "sending", "attempts": 0}, {})
+            status = connection.execute(
+                sa.select(deliveries.c.status).where(*_matches(key))
+            ).scalar_one()
+            if status == "sent" and not resend:
+                connection.rollback()
+                return DeliveryOutcome(key, "already_sent")
+            try:
+                send()
+            except Exception as error:
+                connection.rollback()
+                reason = str(error) if isinstance(error, DeliveryError) else type(error).__name__
+                self._record_failure(key, reason)
+                return DeliveryOutcome(key, "failed", reason)
+            connection.execute(
+                deliveries.update()
+                .where(*_matches(key))
+                .values(
+                    status="sent", error=None, attempts=deliveries.c.attempts + 1, updated_at=_now()
+                )
+            )
+        return DeliveryOutcome(key, "sent")
+
+    def _record_failure(self, key: DeliveryKey, reason: str) -> None:
+        keep_sent = sa.case((deliveries.c.status == "sent", "sent"), else_="failed")
+        with self.engine.begin() as connection:
+            self._upsert(
+                connection,
+                key,
+                {"status": "failed", "attempts": 1, "error": reason[:2000]},
+                {
+                    "status": keep_sent,
+                    "attempts": deliveries.c.attempts + 1,
+                    "error": reason[:2000],
+                },
+            )
+
+
+def _key_columns(key: DeliveryKey) -> dict[str, str]:
+    return {
+        "report": key.report,
+        "partition": key.partition,
+        "recipient": key.recipient,
+        "fingerprint": key.fingerprint,
+    }
+
+
+def _matches(key: DeliveryKey) -> list[sa.ColumnElement[bool]]:
+    return [deliveries.c[name] == value for name, value in _key_columns(key).items()]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --------------------------------------------------------------------------------- senders
+
+
+@dataclass(frozen=True)
+class Message:
+    """What to say, whatever the channel: the webhook gets `payload` as JSON."""
+
+    subject: str
+    text: str
+    payload: dict[str, Any]
+    html: str | None = None
+
+
+class EmailSender:
+    """SMTP delivery, one envelope per recipient so one refusal cannot affect the others."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        sender: str,
+        security: str = "starttls",
+        user: str | None = None,
+        password: str | None = None,
+        timeout_seconds: float = 30.0,
+    ):
+        if security not in SECURITY_MODES:
+            raise ValueError(f"SMTP security must be one of {SECURITY_MODES}, not {security!r}")
+        self.host, self.port, self.sender, self.security = host, port, sender, security
+        self.user, self._password, self.timeout = user, password, timeout_seconds
+
+    def __repr__(self) -> str:  # never show the password
+        return f"EmailSender({self.host}:{self.port}, {self.security}, from {self.sender})"
+
+    def build(self, message: Message, key: DeliveryKey) -> EmailMessage:
+        email = EmailMessage()
+        email["Subject"] = message.subject
+        email["From"] = self.sender
+        email["To"] = key.recipient
+        email["Message-ID"] = key.message_id(self.sender.rpartition("@")[2] or "agent-reports")
+        email["X-Agent-Reports-Key"] = f"{key.report}/{key.partition}/{key.fingerprint}"
+        email.set_content(message.text)
+        if message.html:
+            email.add_alternative(message.html, subtype="html")
+        return email
+
+    def _connect(self) -> smtplib.SMTP:
+        if self.security == "ssl":
+            context = ssl.create_default_context()
+            return smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=context)
+        smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+        if self.security == "starttls":
+            smtp.starttls(context=ssl.create_default_context())
+        return smtp
+
+    def send(self, email: EmailMessage, recipient: str) -> None:
+        """Send to one recipient; a refusal or SMTP error raises DeliveryError with the code."""
+        try:
+            with self._connect() as smtp:
+                if self.user:
+                    smtp.login(self.user, self._password or "")
+                smtp.send_message(email, from_addr=self.sender, to_addrs=[recipient])
+        except smtplib.SMTPRecipientsRefused as error:
+            code, reply = error.recipients.get(recipient, (0, b""))
+            raise DeliveryError(
+                f"recipient refused: {code} {reply.decode(errors='replace')[:200]}"
+            ) from None
+        except smtplib.SMTPAuthenticationError as error:
+            raise DeliveryError(f"SMTP authentication failed ({error.smtp_code})") from None
+        except smtplib.SMTPResponseException as error:
+            raise DeliveryError(f"SMTP error {error.smtp_code}") from None
+        except (smtplib.SMTPException, OSError) as error:
+            raise DeliveryError(f"SMTP {type(error).__name__}: {error}"[:300]) from None
+
+
+class WebhookSender:
+    """POSTs the message payload as JSON; any non-2xx answer is a failure."""
+
+    def __init__(self, url: str, token: str | None = None, timeout_seconds: float = 15.0):
+        self._url, self._token, self.timeout = url, token, timeout_seconds
+
+    def __repr__(self) -> str:  # webhook URLs often embed a secret
+        return "WebhookSender(<url hidden>)"
+
+    @property
+    def recipient(self) -> str:
+        """The ledger's name for this endpoint: a hash, since the URL may hold a secret."""
+        return "webhook:" + hashlib.sha256(self._url.encode()).hexdigest()[:16]
+
+    def send(self, message: Message, key: DeliveryKey) -> None:
+        body = json.dumps(
+            {**message.payload, "subject": message.subject, "idempotency_key": key.digest},
+            sort_keys=True,
+        ).encode()
+        headers = {"Content-Type": "application/json", "Idempotency-Key": key.digest}
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        request = urllib.request.Request(self._url, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                response.read()
+        except urllib.error.HTTPError as error:
+            raise DeliveryError(f"webhook answered HTTP {error.code}") from None
+        except (urllib.error.URLError, OSError) as error:
+            reason = getattr(error, "reason", error)
+            raise DeliveryError(f"webhook unreachable ({type(reason).__name__})") from None
+
+
+class Notifier:
+    """Sends a message to every configured recipient once per (report, partition, fingerprint)."""
+
+    def __init__(
+        self,
+        ledger: DeliveryLedger,
+        email: EmailSender | None = None,
+        webhook: WebhookSender | None = None,
+    ):
+        self.ledger, self.email, self.webhook = ledger, email, webhook
+
+    def notify(
+        self,
+        report: str,
+        partition: str,
+        fingerprint: str,
+        message: Message,
+        email_to: list[str],
+        resend: bool = False,
+    ) -> list[DeliveryOutcome]:
+        """One ledger entry and one attempt per recipient; failures are returned, not raised."""
+        outcomes = []
+        if email_to and self.email is None:
+            raise DeliveryError("email recipients are set but SMTP is not configured")
+        for recipient in email_to:
+            key = DeliveryKey(report, partition, recipient, fingerprint)
+            email = self.email.build(message, key)
+            outcomes.append(
+                self.ledger.deliver_once(
+                    key, lambda e=email, r=recipient: self.email.send(e, r), resend
+                )
+            )
+        if self.webhook is not None:
+            key = DeliveryKey(report, partition, self.webhook.recipient, fingerprint)
+            outcomes.append(
+                self.ledger.deliver_once(key, lambda: self.webhook.send(message, key), resend)
+            )
+        for outcome in outcomes:
+            log.info(
+                "delivery %s: %s %s", outcome.key.recipient, outcome.status, outcome.reason or ""
+            )
+        return outcomes

@@ -1,0 +1,145 @@
+"""The access-log parser on real files: each field, offsets, DST, gz, misplaced and bad lines."""
+
+import gzip
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from agent_reports.core.access_logs import MAX_LINE_BYTES, read_access_logs, read_log_file
+from agent_reports.core.sources import FileSource, InputError
+
+ALL_TIME = (datetime(1970, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
+COMBINED = (
+    '192.0.2.7 - alice [10/Oct/2023:13:55:36 -0700] "GET /a/b?x=1 HTTP/1.1" 404 2326 '
+    '"https://ref.example/" "Mozilla/5.0 (X11)"'
+)
+
+
+def _read(path: Path, start=ALL_TIME[0], end=ALL_TIME[1], **kwargs) -> tuple[list, list]:
+    chunks = list(read_log_file(path, start, end, **kwargs))
+    records = pa.concat_tables([c.records for c in chunks]).to_pylist()
+    malformed = pa.concat_tables([c.malformed for c in chunks]).to_pylist()
+    return records, malformed
+
+
+def _utc(*args: int) -> int:
+    return int(datetime(*args, tzinfo=UTC).timestamp())
+
+
+def test_combined_format_fields(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    path.write_text(COMBINED + "\n")
+    [record], malformed = _read(path)
+    assert malformed == []
+    assert record == {
+        "time": _utc(2023, 10, 10, 20, 55, 36),
+        "client": "192.0.2.7",
+        "user": "alice",
+        "method": "GET",
+        "path": "/a/b?x=1",
+        "protocol": "HTTP/1.1",
+        "status": 404,
+        "bytes": 2326,
+        "referer": "https://ref.example/",
+        "user_agent": "Mozilla/5.0 (X11)",
+        "request_time": None,
+    }
+
+
+def test_common_format_dash_bytes_and_request_times(tmp_path: Path) -> None:
+    path = tmp_path / "mixed"
+    path.write_text(
+        '::1 - - [01/Feb/2024:00:00:00 +0000] "POST /login HTTP/2.0" 302 -\n'
+        + COMBINED
+        + " 0.250\n"  # nginx $request_time, seconds
+        + COMBINED
+        + " 1500000\n"  # apache %D, microseconds
+        + '10.0.0.1 - - [01/Feb/2024:00:00:01 +0000] "-" 400 0 "-" "-"\n'  # no request line
+    )
+    records, malformed = _read(path)
+    assert malformed == []
+    assert [(r["method"], r["path"], r["bytes"]) for r in records] == [
+        ("POST", "/login", 0),
+        ("GET", "/a/b?x=1", 2326),
+        ("GET", "/a/b?x=1", 2326),
+        (None, None, 0),
+    ]
+    assert records[0]["referer"] is None and records[0]["user_agent"] is None
+    assert [r["request_time"] for r in records] == [None, 0.25, 1.5, None]
+
+
+def test_offsets_across_midnight_and_dst_give_utc_hours(tmp_path: Path) -> None:
+    # New York fall-back night: 01:30 happens twice, at -0400 and then at -0500.
+    path = tmp_path / "ny.log"
+    lines = [
+        '1.1.1.1 - - [05/Nov/2023:01:30:00 -0400] "GET / HTTP/1.1" 200 1',
+        '1.1.1.1 - - [05/Nov/2023:01:30:00 -0500] "GET / HTTP/1.1" 200 1',
+        '1.1.1.1 - - [31/Dec/2023:23:30:00 -0130] "GET / HTTP/1.1" 200 1',  # next year in UTC
+        '1.1.1.1 - - [01/Jan/2024:00:30:00 +0530] "GET / HTTP/1.1" 200 1',  # previous day
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    records, _ = _read(path)
+    assert [r["time"] for r in records] == [
+        _utc(2023, 11, 5, 5, 30),
+        _utc(2023, 11, 5, 6, 30),
+        _utc(2024, 1, 1, 1, 0),
+        _utc(2023, 12, 31, 19, 0),
+    ]
+
+
+def test_lines_belong_to_their_own_hour_whatever_the_file(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    # A rotated, gzipped file with a line of 10:xx, and a plain file with a late 09:xx line.
+    with gzip.open(logs / "access.log.2.gz", "wt") as file:
+        file.write('1.1.1.1 - - [01/Mar/2024:10:15:00 +0000] "GET /gz HTTP/1.1" 200 1\n')
+    (logs / "whatever-name").write_text(
+        '1.1.1.1 - - [01/Mar/2024:11:00:00 +0100] "GET /late HTTP/1.1" 200 1\n'
+        '1.1.1.1 - - [01/Mar/2024:11:00:00 +0000] "GET /other HTTP/1.1" 200 1\n'
+    )
+    hour = (datetime(2024, 3, 1, 10, tzinfo=UTC), datetime(2024, 3, 1, 11, tzinfo=UTC))
+    chunks = list(FileSource(tmp_path).access_logs(*hour))
+    paths = sorted(r["path"] for c in chunks for r in c.records.to_pylist())
+    assert paths == ["/gz", "/late"]
+
+
+def test_malformed_lines_are_counted_sampled_and_placed(tmp_path: Path) -> None:
+    good = '1.1.1.1 - - [01/Mar/2024:10:15:00 +0000] "GET / HTTP/1.1" 200 1'
+    bad = [
+        b"\x00\xff\xfe binary junk \x80",
+        good[:30].encode(),  # truncated write
+        good.replace("/ HTTP", "/" + "a" * MAX_LINE_BYTES + " HTTP").encode(),  # over-long
+        good.replace("01/Mar", "30/Feb").encode(),  # impossible date
+        good.replace("10:15", "25:15").encode(),  # impossible hour
+        good.replace('" 200', '" 999').encode(),  # impossible status
+        good.replace("/ HTTP", "/caf\xe9 HTTP").encode("latin-1"),  # not UTF-8
+    ]
+    path = tmp_path / "junk.log"
+    path.write_bytes(b"\n".join([good.encode(), *bad, b"", good.encode()]) + b"\n")
+    records, malformed = _read(path)
+    assert len(records) == 2
+    assert [m["line"] for m in malformed] == [2, 3, 4, 5, 6, 7, 8]  # the blank line is skipped
+    assert {m["time"] for m in malformed} == {_utc(2024, 3, 1, 10, 15)}
+    assert malformed[0]["text"].startswith("\\x00\\xff\\xfe binary junk")
+    assert all(len(m["text"]) <= 201 for m in malformed)
+
+
+def test_small_chunks_and_a_truncated_gz_lose_no_good_line(tmp_path: Path) -> None:
+    line = '1.1.1.1 - - [01/Mar/2024:10:15:00 +0000] "GET /x HTTP/1.1" 200 1\n'
+    data = gzip.compress((line * 2000).encode())
+    whole, cut = tmp_path / "whole.gz", tmp_path / "cut.gz"
+    whole.write_bytes(data)
+    cut.write_bytes(data[: len(data) // 2])
+    records, malformed = _read(whole, chunk_bytes=1000)  # lines straddle every block edge
+    assert len(records) == 2000 and malformed == []
+    chunks = list(read_access_logs([cut], *ALL_TIME))
+    assert sum(c.records.num_rows for c in chunks) > 0
+    [note] = [m for c in chunks for m in c.malformed.to_pylist()]
+    assert "file unreadable after line" in note["text"]
+
+
+def test_missing_logs_folder_is_a_clear_input_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="logs"):
+        FileSource(tmp_path).access_logs(*ALL_TIME)
