@@ -123,16 +123,12 @@ def anomalies_report(
     work = [
         PartitionWork(
             key,
-            AnalystRequest(
-                analysis=ANALYSIS,
-                prompt_version=prompts.PROMPT_VERSION,
-                instructions=prompts.INSTRUCTIONS,
-                data=prompts.prompt_data(
+            AnalystRequest.from_prompts(
+                ANALYSIS,
+                prompts,
+                prompts.prompt_data(
                     anomalies_detection[key], anomalies_detection[key]["features"], key
                 ),
-                schema=prompts.SCHEMA,
-                offline=prompts.offline_narrative,
-                check=prompts.check,
             ),
         )
         for key in context.partition_keys

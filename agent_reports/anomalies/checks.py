@@ -7,6 +7,7 @@ from dagster import AssetCheckResult, AssetCheckSeverity, asset_check
 
 from agent_reports.anomalies.assets import anomalies_report, anomalies_traffic
 from agent_reports.anomalies.partitions import ANALYSIS, anomalies_partitions
+from agent_reports.core.publishing import report_quality_check
 from agent_reports.core.resources import ReportStoreResource
 
 MAX_MALFORMED_SHARE = 0.05
@@ -32,24 +33,11 @@ def logs_mostly_parsed(context, anomalies_traffic: dict[str, dict]) -> AssetChec
 @asset_check(asset=anomalies_report, partitions_def=anomalies_partitions)
 def report_states_the_verdict(context, reports: ReportStoreResource) -> AssetCheckResult:
     """Each report exists, has a summary, carries the code's severity, and is not degraded."""
-    problems = []
-    for key in context.partition_keys:
-        path = reports.path() / ANALYSIS / f"{key}.json"
-        if not path.exists():
-            problems.append(f"{key}: no report file")
-            continue
-        record = json.loads(path.read_text())
-        if not record["summary"].strip():
-            problems.append(f"{key}: empty summary")
-        if record["metrics"].get("severity") is None:
-            problems.append(f"{key}: no severity in the metrics")
-        if record["degraded"]:
-            problems.append(f"{key}: degraded to the offline template")
-    return AssetCheckResult(
-        passed=not problems,
-        severity=AssetCheckSeverity.WARN,
-        metadata={"problems": json.dumps(problems[:MAX_LISTED])},
-    )
+
+    def no_severity(record: dict) -> list[str]:
+        return [] if record["metrics"].get("severity") is not None else ["no severity in metrics"]
+
+    return report_quality_check(reports.path(), ANALYSIS, context.partition_keys, no_severity)
 
 
 anomalies_checks = [logs_mostly_parsed, report_states_the_verdict]

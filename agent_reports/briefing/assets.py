@@ -47,14 +47,8 @@ def briefing_report(
     work = [
         PartitionWork(
             key,
-            AnalystRequest(
-                analysis=ANALYSIS,
-                prompt_version=prompts.PROMPT_VERSION,
-                instructions=prompts.INSTRUCTIONS,
-                data=prompts.prompt_data(inputs[key], missing_sources(inputs[key])),
-                schema=prompts.SCHEMA,
-                offline=prompts.offline_narrative,
-                check=prompts.check,
+            AnalystRequest.from_prompts(
+                ANALYSIS, prompts, prompts.prompt_data(inputs[key], missing_sources(inputs[key]))
             ),
         )
         for key in context.partition_keys

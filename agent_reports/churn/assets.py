@@ -132,14 +132,8 @@ def churn_report(
     work = [
         PartitionWork(
             key,
-            AnalystRequest(
-                analysis=ANALYSIS,
-                prompt_version=prompts.PROMPT_VERSION,
-                instructions=prompts.INSTRUCTIONS,
-                data=prompts.prompt_data(churn_analysis[key]),
-                schema=prompts.SCHEMA,
-                offline=prompts.offline_narrative,
-                check=prompts.check,
+            AnalystRequest.from_prompts(
+                ANALYSIS, prompts, prompts.prompt_data(churn_analysis[key])
             ),
         )
         for key in context.partition_keys

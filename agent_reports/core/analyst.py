@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
@@ -78,6 +79,22 @@ class AnalystRequest:
     schema: type[BaseModel]
     offline: Callable[[Mapping[str, Any]], BaseModel]
     check: Callable[[BaseModel, Mapping[str, Any]], None] | None = None
+
+    @classmethod
+    def from_prompts(
+        cls, analysis: str, prompts: ModuleType, data: Mapping[str, Any]
+    ) -> AnalystRequest:
+        """The request an analysis' prompts module describes: every such module defines
+        PROMPT_VERSION, INSTRUCTIONS, SCHEMA, offline_narrative() and check()."""
+        return cls(
+            analysis=analysis,
+            prompt_version=prompts.PROMPT_VERSION,
+            instructions=prompts.INSTRUCTIONS,
+            data=data,
+            schema=prompts.SCHEMA,
+            offline=prompts.offline_narrative,
+            check=prompts.check,
+        )
 
     @property
     def input_fingerprint(self) -> str:

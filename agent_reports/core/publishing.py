@@ -4,12 +4,13 @@ each report, and attach per-partition metadata so each window reads on its own i
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from dagster import AssetExecutionContext, MetadataValue
+from dagster import AssetCheckResult, AssetCheckSeverity, AssetExecutionContext, MetadataValue
 
 from agent_reports.core.analyst import AnalystAnswer, AnalystRequest, CachedAnalyst, Usage
 from agent_reports.core.reports import Report
@@ -97,4 +98,36 @@ def report_notes(answer: AnalystAnswer) -> list[str]:
         return [
             "Written by the offline analyst (no LLM configured): template text from the metrics."
         ]
+    return []
+
+
+def report_quality_check(
+    reports_root: Path,
+    analysis: str,
+    partition_keys: Sequence[str],
+    more_problems: Callable[[dict], list[str]] | None = None,
+) -> AssetCheckResult:
+    """The warning every report asset carries: each report of the run exists, has a
+    summary and was not degraded to the offline template (plus the analysis' own rules).
+    A warning, not a block: a degraded report is still a report, but it must show."""
+    problems = []
+    for key in partition_keys:
+        path = reports_root / analysis / f"{key}.json"
+        if not path.exists():
+            problems.append(f"{key}: no report file")
+            continue
+        record = json.loads(path.read_text())
+        if not record["summary"].strip():
+            problems.append(f"{key}: empty summary")
+        if record["degraded"]:
+            problems.append(f"{key}: degraded to the offline template")
+        problems += [f"{key}: {problem}" for problem in (more_problems or _none)(record)]
+    return AssetCheckResult(
+        passed=not problems,
+        severity=AssetCheckSeverity.WARN,
+        metadata={"problems": json.dumps(problems[:20])},
+    )
+
+
+def _none(_record: dict) -> list[str]:
     return []

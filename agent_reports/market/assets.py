@@ -99,14 +99,8 @@ def market_report(
     work = [
         PartitionWork(
             key,
-            AnalystRequest(
-                analysis=ANALYSIS,
-                prompt_version=prompts.PROMPT_VERSION,
-                instructions=prompts.INSTRUCTIONS,
-                data=prompts.prompt_data(market_analysis[key]),
-                schema=prompts.SCHEMA,
-                offline=prompts.offline_narrative,
-                check=prompts.check,
+            AnalystRequest.from_prompts(
+                ANALYSIS, prompts, prompts.prompt_data(market_analysis[key])
             ),
         )
         for key in context.partition_keys

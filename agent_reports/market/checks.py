@@ -5,8 +5,9 @@ import json
 from collections.abc import Callable
 
 import pandas as pd
-from dagster import AssetCheckResult, AssetChecksDefinition, AssetCheckSeverity, asset_check
+from dagster import AssetCheckResult, AssetChecksDefinition, asset_check
 
+from agent_reports.core.publishing import report_quality_check
 from agent_reports.core.resources import ReportStoreResource
 from agent_reports.market.assets import market_prices, market_report
 from agent_reports.market.partitions import ANALYSIS, market_partitions
@@ -63,22 +64,7 @@ one_row_per_ticker_day = _price_check(
 @asset_check(asset=market_report, partitions_def=market_partitions)
 def report_is_grounded(context, reports: ReportStoreResource) -> AssetCheckResult:
     """Each report of the run exists, has a summary, and was not degraded to the template."""
-    problems = []
-    for key in context.partition_keys:
-        path = reports.path() / ANALYSIS / f"{key}.json"
-        if not path.exists():
-            problems.append(f"{key}: no report file")
-            continue
-        record = json.loads(path.read_text())
-        if not record["summary"].strip():
-            problems.append(f"{key}: empty summary")
-        if record["degraded"]:
-            problems.append(f"{key}: degraded to the offline template")
-    return AssetCheckResult(
-        passed=not problems,
-        severity=AssetCheckSeverity.WARN,
-        metadata={"problems": json.dumps(problems[:MAX_LISTED_ROWS])},
-    )
+    return report_quality_check(reports.path(), ANALYSIS, context.partition_keys)
 
 
 market_checks = [
