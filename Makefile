@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install run test lint format clean
+.PHONY: install pools run test lint format clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11" >&2; exit 1; }
@@ -23,7 +23,14 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 
 # The UI and the daemons (scheduler, sensors, backfills, run queue) on 127.0.0.1:3000,
 # SQLite storage under .dagster_home, demo data, offline analyst unless OPENAI_API_KEY is set.
-run: install $(DAGSTER_HOME)/dagster.yaml
+# Dagster 1.13 creates a pool's limit from `default_limit` only in the first dequeue pass
+# that sees the pool, and does not apply it in that pass: on a fresh instance a burst of
+# runs queued together would all start. Setting each pool's limit first closes that gap.
+POOLS := market anomalies churn compliance briefing
+pools: install $(DAGSTER_HOME)/dagster.yaml
+	for pool in $(POOLS); do $(BIN)/dagster instance concurrency set $$pool 1 >/dev/null; done
+
+run: install $(DAGSTER_HOME)/dagster.yaml pools
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 lint: install
@@ -36,6 +43,7 @@ format: install
 
 test: install lint
 	bash .ci/ensure-postgres
+	bash deploy/install-test-browser.sh
 	$(BIN)/python -m pytest
 
 clean:
