@@ -30,13 +30,13 @@ from agent_reports.churn.analysis import (
     risk_chart,
     segment_chart,
 )
-from agent_reports.churn.mailing import content_fingerprint, deliver_report, report_email
 from agent_reports.churn.partitions import ANALYSIS, POOL, churn_partitions
 from agent_reports.core import settings
 from agent_reports.core.analyst import AnalystAnswer, AnalystRequest
 from agent_reports.core.customers import load_customers
 from agent_reports.core.delivery import DeliveryKey, DeliveryLedger, EmailSender
 from agent_reports.core.publishing import PartitionWork, publish_reports, report_notes
+from agent_reports.core.report_email import content_fingerprint, deliver_report, report_email
 from agent_reports.core.reports import Attachment, Image, Report, Table
 from agent_reports.core.resources import (
     AnalystResource,

@@ -1,6 +1,6 @@
-"""Emailing a report once per week and recipient, on top of core/delivery.py.
+"""Emailing a report once per partition and recipient, on top of core/delivery.py.
 
-Generic (no churn specifics), kept here until it moves into core/delivery.py:
+Shared by every analysis that mails its report (churn today):
 - `report_email`: the report as an email (text, HTML with its charts as inline `cid:`
   images, since mail clients block data URIs, and its attachments);
 - `deliver_report`: one ledger key per recipient, keyed by the report's content
