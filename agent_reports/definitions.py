@@ -38,6 +38,14 @@ from agent_reports.ops.freshness import with_freshness
 CATCHUPS = [
     CatchUp("market", market_job, market_assets.market_report, market_schedule, timedelta(hours=6)),
     CatchUp(
+        "anomalies",
+        anomalies_job,
+        anomalies_assets.anomalies_report,
+        anomalies_schedule,
+        timedelta(minutes=5),
+    ),
+    CatchUp("churn", churn_job, churn_assets.churn_report, churn_schedule, timedelta(hours=7)),
+    CatchUp(
         "briefing",
         briefing_job,
         briefing_assets.briefing_report,
