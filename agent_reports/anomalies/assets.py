@@ -29,7 +29,12 @@ from agent_reports.anomalies.partitions import ANALYSIS, POOL, anomalies_partiti
 from agent_reports.core import settings
 from agent_reports.core.analyst import AnalystAnswer, AnalystRequest
 from agent_reports.core.delivery import Message
-from agent_reports.core.publishing import PartitionWork, publish_reports, report_notes
+from agent_reports.core.publishing import (
+    PartitionWork,
+    publish_reports,
+    report_from_answer,
+    report_notes,
+)
 from agent_reports.core.reports import Report, Table
 from agent_reports.core.resources import (
     AnalystResource,
@@ -218,19 +223,15 @@ def build_anomalies_report(key: str, verdict: dict, answer: AnalystAnswer) -> Re
         "baseline_hours": verdict["baseline_hours"],
         **features,
     }
-    return Report(
-        analysis=ANALYSIS,
-        partition=key,
-        window_start=window.start.isoformat(),
-        window_end=window.end.isoformat(),
-        generated_by=answer.generated_by,
-        input_fingerprint=answer.input_fingerprint,
-        prompt_version=prompts.PROMPT_VERSION,
-        summary=narrative["summary"],
+    return report_from_answer(
+        ANALYSIS,
+        key,
+        window,
+        answer,
+        prompts.PROMPT_VERSION,
         findings=narrative["findings"],
         metrics=metrics,
         tables=_tables(verdict),
-        degraded=answer.degraded,
         notes=notes,
     )
 

@@ -22,7 +22,12 @@ from agent_reports.briefing.partitions import ANALYSIS, POOL, as_of, briefing_pa
 from agent_reports.core import settings
 from agent_reports.core.analyst import AnalystAnswer, AnalystRequest
 from agent_reports.core.delivery import Message
-from agent_reports.core.publishing import PartitionWork, publish_reports, report_notes
+from agent_reports.core.publishing import (
+    PartitionWork,
+    publish_reports,
+    report_from_answer,
+    report_notes,
+)
 from agent_reports.core.reports import Report, Table
 from agent_reports.core.resources import AnalystResource, DeliveryResource, ReportStoreResource
 
@@ -75,15 +80,12 @@ def build_briefing(key: str, inputs: dict, answer: AnalystAnswer) -> Report:
     ]
     anomalies = inputs["anomalies"]
     worst = [[h["hour"], h["severity"], h["summary"]] for h in anomalies["worst_hours"]]
-    return Report(
-        analysis=ANALYSIS,
-        partition=key,
-        window_start=window.start.isoformat(),
-        window_end=window.end.isoformat(),
-        generated_by=answer.generated_by,
-        input_fingerprint=answer.input_fingerprint,
-        prompt_version=prompts.PROMPT_VERSION,
-        summary=answer.narrative["summary"],
+    return report_from_answer(
+        ANALYSIS,
+        key,
+        window,
+        answer,
+        prompts.PROMPT_VERSION,
         findings=answer.narrative["findings"],
         metrics={**inputs, "missing": missing},
         tables=[
@@ -94,7 +96,6 @@ def build_briefing(key: str, inputs: dict, answer: AnalystAnswer) -> Report:
             )
             if table.rows
         ],
-        degraded=answer.degraded,
         notes=notes,
     )
 

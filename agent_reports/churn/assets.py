@@ -35,7 +35,12 @@ from agent_reports.core import settings
 from agent_reports.core.analyst import AnalystAnswer, AnalystRequest
 from agent_reports.core.customers import load_customers
 from agent_reports.core.delivery import DeliveryKey, DeliveryLedger, EmailSender
-from agent_reports.core.publishing import PartitionWork, publish_reports, report_notes
+from agent_reports.core.publishing import (
+    PartitionWork,
+    publish_reports,
+    report_from_answer,
+    report_notes,
+)
 from agent_reports.core.report_email import content_fingerprint, deliver_report, report_email
 from agent_reports.core.reports import Attachment, Image, Report, Table
 from agent_reports.core.resources import (
@@ -164,15 +169,12 @@ def build_churn_report(key: str, metrics: dict[str, Any], answer: AnalystAnswer)
         images.append(Image("Churn risk of active customers", risk_chart(metrics)))
     if metrics["segments"]:
         images.append(Image("Churn rate by segment", segment_chart(metrics)))
-    return Report(
-        analysis=ANALYSIS,
-        partition=key,
-        window_start=window.start.isoformat(),
-        window_end=window.end.isoformat(),
-        generated_by=answer.generated_by,
-        input_fingerprint=answer.input_fingerprint,
-        prompt_version=prompts.PROMPT_VERSION,
-        summary=narrative["summary"],
+    return report_from_answer(
+        ANALYSIS,
+        key,
+        window,
+        answer,
+        prompts.PROMPT_VERSION,
         findings=narrative["findings"] + [_action(a) for a in narrative["actions"]],
         metrics=metrics,
         tables=_tables(metrics),

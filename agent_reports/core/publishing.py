@@ -10,7 +10,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from dagster import AssetCheckResult, AssetCheckSeverity, AssetExecutionContext, MetadataValue
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetExecutionContext,
+    MetadataValue,
+    TimeWindow,
+)
 
 from agent_reports.core.analyst import AnalystAnswer, AnalystRequest, CachedAnalyst, Usage
 from agent_reports.core.reports import Report
@@ -131,3 +137,26 @@ def report_quality_check(
 
 def _none(_record: dict) -> list[str]:
     return []
+
+
+def report_from_answer(
+    analysis: str,
+    key: str,
+    window: TimeWindow,
+    answer: AnalystAnswer,
+    prompt_version: str,
+    **fields,
+) -> Report:
+    """A report's fields that come from its partition and its analyst answer; the analysis
+    passes the rest (findings, metrics, tables, notes, ...) and may override `degraded`."""
+    return Report(
+        analysis=analysis,
+        partition=key,
+        window_start=window.start.isoformat(),
+        window_end=window.end.isoformat(),
+        generated_by=answer.generated_by,
+        input_fingerprint=answer.input_fingerprint,
+        prompt_version=prompt_version,
+        summary=answer.narrative["summary"],
+        **{"degraded": answer.degraded, **fields},
+    )

@@ -18,7 +18,12 @@ from dagster import (
 )
 
 from agent_reports.core.analyst import AnalystAnswer, AnalystRequest
-from agent_reports.core.publishing import PartitionWork, publish_reports, report_notes
+from agent_reports.core.publishing import (
+    PartitionWork,
+    publish_reports,
+    report_from_answer,
+    report_notes,
+)
 from agent_reports.core.reports import Report, Table
 from agent_reports.core.resources import AnalystResource, DataSourceResource, ReportStoreResource
 from agent_reports.core.sources import InputError
@@ -124,15 +129,12 @@ def build_market_report(key: str, metrics: dict, answer: AnalystAnswer) -> Repor
     notes = report_notes(answer)
     if not metrics["trading_day"]:
         notes.insert(0, "No trading on this day: no prices in the source.")
-    return Report(
-        analysis=ANALYSIS,
-        partition=key,
-        window_start=window.start.isoformat(),
-        window_end=window.end.isoformat(),
-        generated_by=answer.generated_by,
-        input_fingerprint=answer.input_fingerprint,
-        prompt_version=prompts.PROMPT_VERSION,
-        summary=answer.narrative["summary"],
+    return report_from_answer(
+        ANALYSIS,
+        key,
+        window,
+        answer,
+        prompts.PROMPT_VERSION,
         findings=answer.narrative["findings"],
         metrics=metrics,
         tables=[
@@ -144,6 +146,5 @@ def build_market_report(key: str, metrics: dict, answer: AnalystAnswer) -> Repor
         ]
         if rows
         else [],
-        degraded=answer.degraded,
         notes=notes,
     )
