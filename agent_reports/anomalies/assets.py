@@ -30,7 +30,6 @@ from agent_reports.core import settings
 from agent_reports.core.analyst import AnalystAnswer, AnalystRequest
 from agent_reports.core.delivery import Message
 from agent_reports.core.publishing import (
-    PartitionWork,
     publish_reports,
     report_from_answer,
     report_notes,
@@ -125,27 +124,18 @@ def anomalies_report(
     reports: ReportStoreResource,
 ) -> MaterializeResult:
     """The hour's anomaly report: verdict from code, triage note from the analyst (cached)."""
-    work = [
-        PartitionWork(
-            key,
-            AnalystRequest.from_prompts(
-                ANALYSIS,
-                prompts,
-                prompts.prompt_data(
-                    anomalies_detection[key], anomalies_detection[key]["features"], key
-                ),
-            ),
+    requests = {
+        key: AnalystRequest.from_prompts(
+            ANALYSIS, prompts, prompts.prompt_data(verdict, verdict["features"], key)
         )
-        for key in context.partition_keys
-    ]
-
-    def build(item: PartitionWork, answer: AnalystAnswer) -> Report:
-        return build_anomalies_report(
-            item.partition_key, anomalies_detection[item.partition_key], answer
-        )
-
+        for key, verdict in anomalies_detection.items()
+    }
     written = publish_reports(
-        context, analyst.get(), reports.path(), work, build, analyst.max_concurrency
+        context,
+        analyst,
+        reports.path(),
+        requests,
+        lambda key, answer: build_anomalies_report(key, anomalies_detection[key], answer),
     )
     return MaterializeResult(metadata={"reports_written": MetadataValue.int(len(written))})
 

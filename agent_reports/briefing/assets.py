@@ -23,7 +23,6 @@ from agent_reports.core import settings
 from agent_reports.core.analyst import AnalystAnswer, AnalystRequest
 from agent_reports.core.delivery import Message
 from agent_reports.core.publishing import (
-    PartitionWork,
     publish_reports,
     report_from_answer,
     report_notes,
@@ -49,20 +48,19 @@ def briefing_report(
     """The day's briefing: the reports delivered by 09:00 New York, summarised (cached)."""
     root = reports.path()
     inputs = {key: briefing_inputs(root, as_of(key)) for key in context.partition_keys}
-    work = [
-        PartitionWork(
-            key,
-            AnalystRequest.from_prompts(
-                ANALYSIS, prompts, prompts.prompt_data(inputs[key], missing_sources(inputs[key]))
-            ),
+    requests = {
+        key: AnalystRequest.from_prompts(
+            ANALYSIS, prompts, prompts.prompt_data(found, missing_sources(found))
         )
-        for key in context.partition_keys
-    ]
-
-    def build(item: PartitionWork, answer: AnalystAnswer) -> Report:
-        return build_briefing(item.partition_key, inputs[item.partition_key], answer)
-
-    written = publish_reports(context, analyst.get(), root, work, build, analyst.max_concurrency)
+        for key, found in inputs.items()
+    }
+    written = publish_reports(
+        context,
+        analyst,
+        root,
+        requests,
+        lambda key, answer: build_briefing(key, inputs[key], answer),
+    )
     return MaterializeResult(metadata={"reports_written": MetadataValue.int(len(written))})
 
 

@@ -36,7 +36,6 @@ from agent_reports.core.analyst import AnalystAnswer, AnalystRequest
 from agent_reports.core.customers import load_customers
 from agent_reports.core.delivery import DeliveryKey, DeliveryLedger, EmailSender
 from agent_reports.core.publishing import (
-    PartitionWork,
     publish_reports,
     report_from_answer,
     report_notes,
@@ -134,21 +133,16 @@ def churn_report(
 ) -> dict[str, Report]:
     """The week's churn report: figures and charts from code, narrative and retention
     actions from the analyst (cached), the top at-risk customers as a CSV."""
-    work = [
-        PartitionWork(
-            key,
-            AnalystRequest.from_prompts(
-                ANALYSIS, prompts, prompts.prompt_data(churn_analysis[key])
-            ),
-        )
-        for key in context.partition_keys
-    ]
-
-    def build(item: PartitionWork, answer: AnalystAnswer) -> Report:
-        return build_churn_report(item.partition_key, churn_analysis[item.partition_key], answer)
-
+    requests = {
+        key: AnalystRequest.from_prompts(ANALYSIS, prompts, prompts.prompt_data(metrics))
+        for key, metrics in churn_analysis.items()
+    }
     written = publish_reports(
-        context, analyst.get(), reports.path(), work, build, analyst.max_concurrency
+        context,
+        analyst,
+        reports.path(),
+        requests,
+        lambda key, answer: build_churn_report(key, churn_analysis[key], answer),
     )
     return {report.partition: report for report in written}
 

@@ -5,9 +5,8 @@ each report, and attach per-partition metadata so each window reads on its own i
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 from dagster import (
@@ -20,47 +19,38 @@ from dagster import (
 
 from agent_reports.core.analyst import AnalystAnswer, AnalystRequest, CachedAnalyst, Usage
 from agent_reports.core.reports import Report
+from agent_reports.core.resources import AnalystResource
 
 MARKDOWN_PREVIEW_LIMIT = 60_000
 
 
-@dataclass(frozen=True)
-class PartitionWork:
-    """One window to report on: its key and the question for the analyst."""
-
-    partition_key: str
-    request: AnalystRequest
-
-
 def answer_all(
-    analyst: CachedAnalyst, work: Sequence[PartitionWork], max_concurrency: int
+    analyst: CachedAnalyst, requests: Sequence[AnalystRequest], max_concurrency: int
 ) -> list[AnalystAnswer]:
-    """Answers in `work` order; up to `max_concurrency` requests in flight for a range run."""
-    if len(work) <= 1 or max_concurrency <= 1:
-        return [analyst.answer(item.request) for item in work]
+    """Answers in `requests` order; up to `max_concurrency` requests in flight for a range run."""
+    if len(requests) <= 1 or max_concurrency <= 1:
+        return [analyst.answer(request) for request in requests]
     with ThreadPoolExecutor(max_workers=max_concurrency) as pool:
-        return list(pool.map(lambda item: analyst.answer(item.request), work))
+        return list(pool.map(analyst.answer, requests))
 
 
 def publish_reports(
     context: AssetExecutionContext,
-    analyst: CachedAnalyst,
+    analyst: AnalystResource,
     reports_root: Path,
-    work: Sequence[PartitionWork],
-    build_report: Callable[[PartitionWork, AnalystAnswer], Report],
-    max_concurrency: int,
+    requests: Mapping[str, AnalystRequest],
+    build_report: Callable[[str, AnalystAnswer], Report],
 ) -> list[Report]:
-    """Answer, write and describe each partition's report; return them in `work` order."""
-    answers = answer_all(analyst, work, max_concurrency)
+    """Answer, write and describe each partition's report; `requests` maps partition key
+    to its question, `build_report(key, answer)` makes the report. Returns them in order."""
+    answers = answer_all(analyst.get(), list(requests.values()), analyst.max_concurrency)
     total = Usage()
     reports = []
-    for item, answer in zip(work, answers, strict=True):
-        report = build_report(item, answer)
+    for key, answer in zip(requests, answers, strict=True):
+        report = build_report(key, answer)
         paths = report.write(reports_root)
         total.add(answer.usage)
-        context.add_asset_metadata(
-            report_metadata(report, answer, paths), partition_key=item.partition_key
-        )
+        context.add_asset_metadata(report_metadata(report, answer, paths), partition_key=key)
         reports.append(report)
     context.log.info(
         f"{len(reports)} report(s) written; {total.requests} LLM request(s), "

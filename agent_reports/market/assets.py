@@ -19,7 +19,6 @@ from dagster import (
 
 from agent_reports.core.analyst import AnalystAnswer, AnalystRequest
 from agent_reports.core.publishing import (
-    PartitionWork,
     publish_reports,
     report_from_answer,
     report_notes,
@@ -101,21 +100,16 @@ def market_report(
     reports: ReportStoreResource,
 ) -> MaterializeResult:
     """The day's market note: metrics from code, narrative from the analyst (cached)."""
-    work = [
-        PartitionWork(
-            key,
-            AnalystRequest.from_prompts(
-                ANALYSIS, prompts, prompts.prompt_data(market_analysis[key])
-            ),
-        )
-        for key in context.partition_keys
-    ]
-
-    def build(item: PartitionWork, answer: AnalystAnswer) -> Report:
-        return build_market_report(item.partition_key, market_analysis[item.partition_key], answer)
-
+    requests = {
+        key: AnalystRequest.from_prompts(ANALYSIS, prompts, prompts.prompt_data(metrics))
+        for key, metrics in market_analysis.items()
+    }
     written = publish_reports(
-        context, analyst.get(), reports.path(), work, build, analyst.max_concurrency
+        context,
+        analyst,
+        reports.path(),
+        requests,
+        lambda key, answer: build_market_report(key, market_analysis[key], answer),
     )
     return MaterializeResult(metadata={"reports_written": MetadataValue.int(len(written))})
 
