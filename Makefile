@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install pools run test lint format clean
+.PHONY: install pools run test lint format audit clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11" >&2; exit 1; }
@@ -41,7 +41,12 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: install lint
+# Known vulnerabilities in the installed dependencies (pip-audit; see the script for what
+# happens where no vulnerability database can be reached).
+audit: install
+	$(BIN)/python .ci/audit_dependencies.py
+
+test: install lint audit
 	bash .ci/ensure-postgres
 	bash deploy/install-test-browser.sh
 	$(BIN)/python -m pytest
