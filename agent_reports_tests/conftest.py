@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from agent_reports.core.settings import ANALYSES
+
 BIN = Path(sys.executable).parent
 PG_HOST = os.environ.get("AGENT_REPORTS_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("AGENT_REPORTS_TEST_PG_PORT", "5432"))
@@ -82,6 +84,12 @@ def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "AGENT_REPORTS_SOURCE",
         "AGENT_REPORTS_DATA_DIR",
         "AGENT_REPORTS_CACHE_DIR",
+        "AGENT_REPORTS_LEDGER_URL",
+        "AGENT_REPORTS_LLM_TIMEOUT_SECONDS",
+        "AGENT_REPORTS_LLM_MAX_RETRIES",
+        "AGENT_REPORTS_FAIL_ON_LLM_ERROR",
+        "AGENT_REPORTS_TOKEN_BUDGET",
+        *(f"AGENT_REPORTS_TOKEN_BUDGET_{analysis.upper()}" for analysis in ANALYSES),
     ):
         monkeypatch.delenv(name, raising=False)
     return tmp_path

@@ -13,11 +13,18 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetExecutionContext,
+    Failure,
     MetadataValue,
     TimeWindow,
 )
 
-from agent_reports.core.analyst import AnalystAnswer, AnalystRequest, CachedAnalyst, Usage
+from agent_reports.core.analyst import (
+    AnalystAnswer,
+    AnalystError,
+    AnalystRequest,
+    CachedAnalyst,
+    Usage,
+)
 from agent_reports.core.reports import Report
 from agent_reports.core.resources import AnalystResource
 
@@ -43,7 +50,10 @@ def publish_reports(
 ) -> list[Report]:
     """Answer, write and describe each partition's report; `requests` maps partition key
     to its question, `build_report(key, answer)` makes the report. Returns them in order."""
-    answers = answer_all(analyst.get(), list(requests.values()), analyst.max_concurrency)
+    try:
+        answers = answer_all(analyst.get(), list(requests.values()), analyst.max_concurrency)
+    except AnalystError as error:  # this analysis fails rather than degrades: say why, briefly
+        raise Failure(description=str(error)) from None
     total = Usage()
     reports = []
     for key, answer in zip(requests, answers, strict=True):
@@ -54,6 +64,7 @@ def publish_reports(
         reports.append(report)
     context.log.info(
         f"{len(reports)} report(s) written; {total.requests} LLM request(s), "
+        f"{total.prompt_tokens + total.completion_tokens} token(s), "
         f"{sum(a.cache_hit for a in answers)} cache hit(s), "
         f"{sum(a.degraded for a in answers)} degraded"
     )
@@ -80,6 +91,11 @@ def report_metadata(report: Report, answer: AnalystAnswer, paths: dict[str, Path
         "llm_cost_usd": MetadataValue.float(
             answer.cost_usd if answer.cost_usd is not None else 0.0
         ),
+        **(
+            {"llm_tokens_month_to_date": answer.tokens_month_to_date}
+            if answer.tokens_month_to_date is not None
+            else {}
+        ),
     }
 
 
@@ -87,7 +103,7 @@ def report_notes(answer: AnalystAnswer) -> list[str]:
     """The notes every report carries about how its text was written."""
     if answer.degraded:
         return [
-            "Degraded: the LLM analyst failed, so this text comes from the offline template "
+            "Degraded: this text comes from the offline template, not the LLM analyst "
             f"({answer.degraded_reason})."
         ]
     if answer.generated_by == "offline":

@@ -17,6 +17,7 @@ from pydantic import Field
 
 from agent_reports.core import settings
 from agent_reports.core.analyst import CachedAnalyst, OfflineAnalyst, OpenAIAnalyst, ResponseCache
+from agent_reports.core.budget import TokenBudget
 from agent_reports.core.delivery import DeliveryLedger, EmailSender, Notifier, WebhookSender
 from agent_reports.core.files import write_atomic
 from agent_reports.core.sources import DemoSource, FileSource, Source
@@ -57,11 +58,23 @@ class AnalystResource(ConfigurableResource):
     base_url: str | None = Field(
         default=None, description="OpenAI-compatible base URL (env OPENAI_BASE_URL)"
     )
-    timeout_seconds: float = Field(default=60.0, description="per request")
-    max_retries: int = Field(default=4, description="HTTP retries on 429/5xx/timeouts, backoff")
+    timeout_seconds: float | None = Field(
+        default=None,
+        description="per HTTP attempt (env AGENT_REPORTS_LLM_TIMEOUT_SECONDS, default 60)",
+    )
+    max_retries: int | None = Field(
+        default=None,
+        description="HTTP retries on 429/5xx/timeouts, exponential backoff with jitter "
+        "(env AGENT_REPORTS_LLM_MAX_RETRIES, default 4)",
+    )
     invalid_reply_attempts: int = Field(default=3, description="asks for a reply that fits")
     degrade_on_failure: bool = Field(
         default=True, description="when the model fails, write the offline report, flagged"
+    )
+    fail_on_llm_error: str | None = Field(
+        default=None,
+        description="analyses that fail instead of degrading, comma-separated, or 'all' "
+        "(env AGENT_REPORTS_FAIL_ON_LLM_ERROR, default none)",
     )
     max_concurrency: int = Field(default=8, description="parallel requests in a range run")
     cache_dir: str | None = Field(
@@ -90,11 +103,44 @@ class AnalystResource(ConfigurableResource):
             model=self.model or settings.env("AGENT_REPORTS_MODEL", "gpt-4o-mini"),
             api_key=api_key,
             base_url=self.base_url or settings.env("OPENAI_BASE_URL"),
-            timeout_seconds=self.timeout_seconds,
-            max_retries=self.max_retries,
+            timeout_seconds=_number(
+                self.timeout_seconds, "AGENT_REPORTS_LLM_TIMEOUT_SECONDS", 60.0, float
+            ),
+            max_retries=_number(self.max_retries, "AGENT_REPORTS_LLM_MAX_RETRIES", 4, int),
             invalid_reply_attempts=self.invalid_reply_attempts,
+            budget=TokenBudget.from_env(),
         )
-        return CachedAnalyst(inner, cache, degrade_on_failure=self.degrade_on_failure)
+        return CachedAnalyst(
+            inner,
+            cache,
+            degrade_on_failure=self.degrade_on_failure,
+            fail_on_error=self.failing_analyses(),
+        )
+
+    def failing_analyses(self) -> set[str]:
+        """Analyses whose LLM failure fails the run: a typo must not silently degrade."""
+        text = self.fail_on_llm_error or settings.env("AGENT_REPORTS_FAIL_ON_LLM_ERROR", "")
+        names = {name.strip().lower() for name in text.split(",") if name.strip()}
+        unknown = sorted(names - {"all", *settings.ANALYSES})
+        if unknown:
+            raise ValueError(
+                f"AGENT_REPORTS_FAIL_ON_LLM_ERROR names unknown analyses {unknown}; "
+                f"use 'all' or some of {list(settings.ANALYSES)}"
+            )
+        return names
+
+
+def _number(value: float | None, env_name: str, default: float, kind: type) -> Any:
+    """The configured value, else the environment's, else the default; never negative."""
+    if value is None:
+        text = settings.env(env_name)
+        try:
+            value = kind(text) if text is not None else default
+        except ValueError:
+            raise ValueError(f"{env_name} must be a number, not {text!r}") from None
+    if value < 0:
+        raise ValueError(f"{env_name} must not be negative, got {value}")
+    return value
 
 
 class DeliveryResource(ConfigurableResource):

@@ -1,0 +1,157 @@
+"""A monthly token budget per analysis, so a runaway backfill cannot spend without limit.
+
+Every reply's tokens (prompt + completion, invalid replies included) are added to the
+analysis' total for the calendar month (UTC) in which they were spent, in a small durable
+table (SQLite under the state dir, or the ledger database when AGENT_REPORTS_LEDGER_URL
+is set). Before each request the analyst checks that total against the limit; once it is
+reached the analysis degrades to the offline template instead of overspending, until the
+month turns. Spending happens in real time, so the month comes from the wall clock (the
+clock is injectable for tests), not from the partition.
+
+Check and spend are not one transaction: requests already in flight when the limit is
+reached still complete and are counted, so the overshoot is at most the tokens of the
+requests in flight at once (`AnalystResource.max_concurrency`). Cache hits cost nothing.
+
+Limits: AGENT_REPORTS_TOKEN_BUDGET_<ANALYSIS> (e.g. ..._MARKET=200000), else
+AGENT_REPORTS_TOKEN_BUDGET for every analysis; unset means unlimited, 0 means no requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+
+from agent_reports.core import settings
+
+
+class BudgetSpent(RuntimeError):
+    """The analysis' monthly token budget is used up; the message is the report's reason."""
+
+
+_metadata = sa.MetaData()
+token_spend = sa.Table(
+    "llm_token_spend",
+    _metadata,
+    sa.Column("analysis", sa.String(100), primary_key=True),
+    sa.Column("month", sa.String(7), primary_key=True),  # YYYY-MM, UTC
+    sa.Column("tokens", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def default_budget_url() -> str:
+    """The ledger database when one is configured, else its own SQLite file: the SQLite
+    delivery ledger holds its lock while an email is sent, and spending must not wait."""
+    url = settings.env("AGENT_REPORTS_LEDGER_URL")
+    if url:
+        return url
+    path = settings.state_dir() / "llm_budget.sqlite"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def limits_from_env(analyses: Iterable[str] = settings.ANALYSES) -> dict[str, int]:
+    """The analyses with a limit of their own, in tokens per month; a bad value fails loudly."""
+    limits = {}
+    for analysis in analyses:
+        own = _token_count(f"AGENT_REPORTS_TOKEN_BUDGET_{analysis.upper()}")
+        if own is not None:
+            limits[analysis] = own
+    return limits
+
+
+def _token_count(name: str) -> int | None:
+    value = settings.env(name)
+    if value is None:
+        return None
+    try:
+        count = int(value.replace("_", ""))
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise ValueError(f"{name} must be a whole number of tokens (>= 0), not {value!r}")
+    return count
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class TokenBudget:
+    """Monthly token spend per analysis, checked before and recorded after each request."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        limits: Mapping[str, int] | None = None,
+        default_limit: int | None = None,
+        clock: Callable[[], datetime] = _utc_now,
+    ):
+        url = url or default_budget_url()
+        if url.startswith("sqlite"):  # a connection per use: no file handles left per run
+            options = {"connect_args": {"timeout": 120}, "poolclass": sa.pool.NullPool}
+        else:
+            options = {}
+        self.engine = sa.create_engine(url, **options)
+        _metadata.create_all(self.engine)
+        self.limits = dict(limits or {})
+        self.default_limit = default_limit
+        self.clock = clock
+
+    @classmethod
+    def from_env(cls, url: str | None = None) -> TokenBudget:
+        """Limits from AGENT_REPORTS_TOKEN_BUDGET_<ANALYSIS> and AGENT_REPORTS_TOKEN_BUDGET."""
+        return cls(url, limits_from_env(), _token_count("AGENT_REPORTS_TOKEN_BUDGET"))
+
+    def month(self, at: datetime | None = None) -> str:
+        """The UTC calendar month, YYYY-MM, of `at` (default: now)."""
+        return (at or self.clock()).astimezone(UTC).strftime("%Y-%m")
+
+    def limit(self, analysis: str) -> int | None:
+        return self.limits.get(analysis, self.default_limit)
+
+    def spent(self, analysis: str, month: str | None = None) -> int:
+        query = sa.select(token_spend.c.tokens).where(
+            token_spend.c.analysis == analysis, token_spend.c.month == (month or self.month())
+        )
+        with self.engine.connect() as connection:
+            return connection.execute(query).scalar_one_or_none() or 0
+
+    def check(self, analysis: str) -> None:
+        """Raise BudgetSpent when the analysis has used its limit for this month."""
+        limit = self.limit(analysis)
+        if limit is None:
+            return
+        month = self.month()
+        used = self.spent(analysis, month)
+        if used >= limit:
+            raise BudgetSpent(
+                f"monthly token budget of {limit} tokens for {analysis} is spent "
+                f"({used} used in {month})"
+            )
+
+    def spend(self, analysis: str, tokens: int) -> None:
+        """Add `tokens` to this month's total, atomically (concurrent spenders all count)."""
+        now = self.clock()
+        row = {"analysis": analysis, "month": self.month(now), "tokens": tokens, "updated_at": now}
+        with self.engine.begin() as connection:
+            insert = _dialect_insert(connection)(token_spend).values(**row)
+            connection.execute(
+                insert.on_conflict_do_update(
+                    index_elements=["analysis", "month"],
+                    set_={"tokens": token_spend.c.tokens + tokens, "updated_at": now},
+                )
+            )
+
+
+def _dialect_insert(connection: sa.Connection) -> Callable:
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        raise ValueError(f"the token budget supports sqlite and postgresql, not {dialect}")
+    return insert
