@@ -17,6 +17,9 @@ from agent_reports.briefing.partitions import briefing_job, briefing_schedule
 from agent_reports.churn import assets as churn_assets
 from agent_reports.churn import checks as churn_checks
 from agent_reports.churn.partitions import churn_job, churn_schedule
+from agent_reports.compliance import assets as compliance_assets
+from agent_reports.compliance import checks as compliance_checks
+from agent_reports.compliance.partitions import compliance_job, compliance_schedule
 from agent_reports.core.resources import (
     AnalystResource,
     DataSourceResource,
@@ -31,6 +34,7 @@ from agent_reports.ops import ClockResource
 from agent_reports.ops.alerts import freshness_alert_sensor, run_failure_alert_sensor
 from agent_reports.ops.catchup import CatchUp, build_catchup_sensors
 from agent_reports.ops.freshness import with_freshness
+from agent_reports.ops.pings import run_ping_sensor
 
 # Analyses whose missed windows the catch-up sensor launches (one line per analysis:
 # its job, its report asset, its schedule, and when that schedule requests a window
@@ -46,6 +50,13 @@ CATCHUPS = [
     ),
     CatchUp("churn", churn_job, churn_assets.churn_report, churn_schedule, timedelta(hours=7)),
     CatchUp(
+        "compliance",
+        compliance_job,
+        compliance_assets.compliance_report,
+        compliance_schedule,
+        timedelta(0),
+    ),
+    CatchUp(
         "briefing",
         briefing_job,
         briefing_assets.briefing_report,
@@ -56,14 +67,25 @@ CATCHUPS = [
 
 defs = Definitions(
     assets=load_assets_from_modules(
-        [market_assets, anomalies_assets, churn_assets, briefing_assets]
+        [market_assets, anomalies_assets, churn_assets, compliance_assets, briefing_assets]
     ),
     asset_checks=load_asset_checks_from_modules(
-        [market_checks, anomalies_checks, churn_checks, briefing_checks]
+        [market_checks, anomalies_checks, churn_checks, compliance_checks, briefing_checks]
     ),
-    jobs=[market_job, anomalies_job, churn_job, briefing_job],
-    schedules=[market_schedule, anomalies_schedule, churn_schedule, briefing_schedule],
-    sensors=[*build_catchup_sensors(CATCHUPS), freshness_alert_sensor, run_failure_alert_sensor],
+    jobs=[market_job, anomalies_job, churn_job, compliance_job, briefing_job],
+    schedules=[
+        market_schedule,
+        anomalies_schedule,
+        churn_schedule,
+        compliance_schedule,
+        briefing_schedule,
+    ],
+    sensors=[
+        *build_catchup_sensors(CATCHUPS),
+        freshness_alert_sensor,
+        run_failure_alert_sensor,
+        run_ping_sensor,
+    ],
     resources={
         "source": DataSourceResource(),
         "analyst": AnalystResource(),

@@ -1,0 +1,1 @@
+"""Monthly compliance audit: schedule coverage, deliveries and access-log policy findings."""

@@ -1,0 +1,444 @@
+"""The monthly audit's figures, computed by code: no Dagster imports, plain records in.
+
+Three parts:
+- coverage: each scheduled window of each analysis whose deadline fell in the month is
+  ok, late, missing or failed, flagged degraded / re-run / retried, with its run ids;
+- deliveries: the ledger's alerts and emails of the month (what, to whom, status);
+- policy findings over the month's access logs: sensitive paths reached from outside an
+  allow-list, bursts of 401/403 from one client, personal data (e-mail addresses,
+  Luhn-valid card numbers) in URLs. Each finding cites file:line evidence; the personal
+  data itself is redacted before it leaves this module.
+
+A window is audited in the month its deadline falls in, and only history before the
+month's end counts: every window is audited exactly once, every audited window was due
+when the audit ran, and a re-run of the audit reads the same history.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import unquote
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+# When each analysis' report is due, from its window's start or end (the briefing: 09:30
+# New York on its own day; wall-clock arithmetic on the zone-aware start follows DST).
+DEADLINES: dict[str, tuple[str, timedelta]] = {
+    "market": ("end", timedelta(hours=25)),
+    "anomalies": ("end", timedelta(hours=2)),
+    "churn": ("end", timedelta(days=8)),
+    "briefing": ("start", timedelta(hours=9, minutes=30)),
+}
+STATUSES = ("ok", "late", "missing", "failed")
+FLAGS = ("degraded", "re-run", "retried", "failed attempts")
+FAILED_RUN_STATUSES = {"FAILURE", "CANCELED"}
+
+
+# ----------------------------------------------------------------------------- coverage
+
+
+@dataclass(frozen=True)
+class Window:
+    """One scheduled window of one analysis (aware datetimes, as its partitions define)."""
+
+    analysis: str
+    key: str
+    start: datetime
+    end: datetime
+
+    @property
+    def deadline(self) -> datetime:
+        anchor, delay = DEADLINES[self.analysis]
+        return (self.start if anchor == "start" else self.end) + delay
+
+
+@dataclass(frozen=True)
+class Materialization:
+    """One materialisation of an analysis' report for one window."""
+
+    analysis: str
+    key: str
+    timestamp: float
+    run_id: str
+    degraded: bool = False
+
+
+@dataclass(frozen=True)
+class RunAttempt:
+    """One run that targeted windows of an analysis (`keys`: the windows it covered)."""
+
+    analysis: str
+    run_id: str
+    keys: tuple[str, ...]
+    status: str  # DagsterRunStatus name
+    started: float | None
+    retry_number: int = 0
+    parent_run_id: str | None = None
+
+
+def windows_due(windows: Iterable[Window], start: datetime, end: datetime) -> list[Window]:
+    """The windows whose deadline falls in [start, end), ordered by analysis then deadline."""
+    due = [w for w in windows if start <= w.deadline < end]
+    return sorted(due, key=lambda w: (w.analysis, w.deadline, w.key))
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+
+
+def classify_window(
+    window: Window, materializations: Sequence[Materialization], runs: Sequence[RunAttempt]
+) -> dict[str, Any]:
+    """Status (ok | late | missing | failed), flags and evidence of one window."""
+    mats = sorted(materializations, key=lambda m: m.timestamp)
+    failed = [r for r in runs if r.status in FAILED_RUN_STATUSES]
+    flags = []
+    if mats:
+        status = "late" if mats[0].timestamp > window.deadline.timestamp() else "ok"
+        if mats[-1].degraded:
+            flags.append("degraded")
+        if len(mats) > 1:
+            flags.append("re-run")
+    else:
+        status = "failed" if failed else "missing"
+    retries = max((r.retry_number for r in runs), default=0)
+    if retries:
+        flags.append("retried")
+    if mats and failed:
+        flags.append("failed attempts")
+    first = mats[0].timestamp if mats else None
+    return {
+        "analysis": window.analysis,
+        "window": window.key,
+        "status": status,
+        "flags": flags,
+        "deadline": window.deadline.astimezone(UTC).isoformat(timespec="seconds"),
+        "first_materialized": _iso(first),
+        "hours_after_window_end": None
+        if first is None
+        else round((first - window.end.timestamp()) / 3600, 2),
+        "materializations": len(mats),
+        "runs": len(runs),
+        "failed_runs": len(failed),
+        "retries": retries,
+        "run_ids": sorted({m.run_id for m in mats} | {r.run_id for r in runs}),
+    }
+
+
+def coverage(
+    windows: Sequence[Window],
+    materializations: Iterable[Materialization],
+    runs: Iterable[RunAttempt],
+    cutoff: datetime,
+) -> dict[str, Any]:
+    """Per-analysis counts and the classification of every window, from history before
+    `cutoff` (the audit's month end: what happened later belongs to a later audit)."""
+    limit = cutoff.timestamp()
+    by_window: dict[tuple[str, str], list[Materialization]] = defaultdict(list)
+    for m in materializations:
+        if m.timestamp < limit:
+            by_window[m.analysis, m.key].append(m)
+    runs_by_window: dict[tuple[str, str], list[RunAttempt]] = defaultdict(list)
+    for run in runs:
+        if run.started is None or run.started < limit:
+            for key in run.keys:
+                runs_by_window[run.analysis, key].append(run)
+    rows = [
+        classify_window(w, by_window[w.analysis, w.key], runs_by_window[w.analysis, w.key])
+        for w in windows
+    ]
+    per_analysis: dict[str, dict[str, int]] = {}
+    for analysis in sorted({w.analysis for w in windows} | set(DEADLINES)):
+        mine = [r for r in rows if r["analysis"] == analysis]
+        counts = {"windows": len(mine)}
+        counts |= {s: sum(r["status"] == s for r in mine) for s in STATUSES}
+        counts |= {f: sum(f in r["flags"] for r in mine) for f in FLAGS}
+        per_analysis[analysis] = counts
+    return {"per_analysis": per_analysis, "windows": rows}
+
+
+def problem_windows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The windows that were not simply on time: any status but ok, or any flag."""
+    return [r for r in rows if r["status"] != "ok" or r["flags"]]
+
+
+# --------------------------------------------------------------------------- deliveries
+
+ALERT_REPORTS = {"anomalies": "alert", "ops-freshness": "ops alert", "ops-run-failure": "ops alert"}
+
+
+def _utc(value: datetime) -> datetime:
+    """Ledger times are UTC; SQLite hands them back without a zone."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def deliveries(entries: Iterable[dict[str, Any]], start: datetime, end: datetime) -> list[dict]:
+    """Ledger rows last updated in [start, end), oldest first: what went out, to whom, how."""
+    rows = []
+    for entry in entries:
+        when = _utc(entry["updated_at"])
+        if not start <= when < end:
+            continue
+        recipient = entry["recipient"]
+        rows.append(
+            {
+                "when": when.isoformat(timespec="seconds"),
+                "kind": ALERT_REPORTS.get(entry["report"], "report email"),
+                "channel": "webhook" if recipient.startswith("webhook:") else "email",
+                "report": entry["report"],
+                "partition": entry["partition"],
+                "recipient": recipient,
+                "status": entry["status"],
+                "attempts": entry["attempts"],
+                "error": entry["error"],
+            }
+        )
+    return sorted(rows, key=lambda r: (r["when"], r["report"], r["recipient"]))
+
+
+def delivery_counts(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """{kind: {status: count}}."""
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for row in rows:
+        counts[row["kind"]][row["status"]] += 1
+    return {kind: dict(sorted(c.items())) for kind, c in sorted(counts.items())}
+
+
+# -------------------------------------------------------------------- log policy findings
+
+DEFAULT_SENSITIVE_PREFIXES = (
+    "/admin",
+    "/wp-admin",
+    "/.env",
+    "/.git",
+    "/phpmyadmin",
+    "/server-status",
+)
+DEFAULT_ALLOWLIST = (
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "127.0.0.0/8",
+    "::1/128",
+    "fc00::/7",
+)
+BURST_STATUSES = (401, 403)
+SAMPLES = 3
+PATH_CHARS = 200
+RULES = ("sensitive-path", "auth-failure-burst", "pii-email", "pii-card")
+
+EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})")
+CARD = re.compile(r"(?<![0-9])(?:[0-9][ +-]?){12,18}[0-9](?![0-9])")
+# A cheap RE2 pre-filter so only candidate lines reach the Python regexes.
+PII_HINT = r"(?i)@|%40|(?:[0-9](?:[ +-]|%20)?){13}"
+
+
+def luhn_valid(digits: str) -> bool:
+    """The Luhn checksum every payment card number satisfies."""
+    total = 0
+    for position, char in enumerate(reversed(digits)):
+        value = int(char) * (2 if position % 2 else 1)
+        total += value - 9 if value > 9 else value
+    return total % 10 == 0
+
+
+def card_numbers(text: str) -> list[str]:
+    """Runs of 13–19 digits (spaces or dashes allowed) that pass the Luhn check."""
+    found = []
+    for match in CARD.finditer(text):
+        digits = re.sub(r"[^0-9]", "", match.group())
+        if 13 <= len(digits) <= 19 and luhn_valid(digits):
+            found.append(match.group())
+    return found
+
+
+def redact(text: str) -> str:
+    """The text with e-mail addresses as a***@domain and card numbers as ****1234."""
+
+    def card(match: re.Match) -> str:
+        digits = re.sub(r"[^0-9]", "", match.group())
+        if 13 <= len(digits) <= 19 and luhn_valid(digits):
+            return "****" + digits[-4:]
+        return match.group()
+
+    text = EMAIL.sub(lambda m: f"{m.group()[0]}***@{m.group(1)}", text)
+    return CARD.sub(card, text)
+
+
+def display_path(path: str) -> str:
+    """A logged path as the report shows it: decoded, redacted, bounded."""
+    shown = redact(unquote(path))
+    return shown if len(shown) <= PATH_CHARS else shown[:PATH_CHARS] + "…"
+
+
+def parse_allowlist(text: str | None) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Comma-separated CIDRs (or addresses); None or empty gives the private ranges."""
+    entries = [e.strip() for e in (text or "").split(",") if e.strip()] or DEFAULT_ALLOWLIST
+    networks = []
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise ValueError(
+                f"AGENT_REPORTS_COMPLIANCE_ALLOWLIST: {entry!r} is not a CIDR like 10.0.0.0/8"
+            ) from None
+    return tuple(networks)
+
+
+def parse_prefixes(text: str | None) -> tuple[str, ...]:
+    """Comma-separated path prefixes, each starting with '/'; empty gives the defaults."""
+    prefixes = tuple(p.strip() for p in (text or "").split(",") if p.strip())
+    for prefix in prefixes:
+        if not prefix.startswith("/") or prefix == "/":
+            raise ValueError(
+                f"AGENT_REPORTS_COMPLIANCE_SENSITIVE_PATHS: {prefix!r} must start with '/' "
+                "and name a path, like /admin"
+            )
+    return prefixes or DEFAULT_SENSITIVE_PREFIXES
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    allowlist: tuple = field(default_factory=lambda: parse_allowlist(None))
+    sensitive_prefixes: tuple[str, ...] = DEFAULT_SENSITIVE_PREFIXES
+    burst_threshold: int = 20
+    burst_seconds: int = 300
+
+    def sensitive_pattern(self) -> str:
+        """RE2: a path that is the prefix or continues it with / ? ; . (any case, any //)."""
+        names = "|".join(re.escape(p.lstrip("/")) for p in self.sensitive_prefixes)
+        return rf"(?i)^/+(?:{names})(?:[/?;.#]|$)"
+
+
+class _Group:
+    """What one finding accumulates: count, first/last time, a few evidence lines."""
+
+    def __init__(self) -> None:
+        self.count, self.first, self.last = 0, None, None
+        self.samples: list[str] = []
+
+    def add(self, time: int, where: str) -> None:
+        self.count += 1
+        self.first = time if self.first is None else min(self.first, time)
+        self.last = time if self.last is None else max(self.last, time)
+        if len(self.samples) < SAMPLES:
+            self.samples.append(where)
+
+
+class PolicyScan:
+    """Streams record chunks (RECORD_SCHEMA plus `file` and `line`) into policy findings;
+    memory grows with the matching lines, not with the log."""
+
+    def __init__(self, config: PolicyConfig):
+        self.config = config
+        self.lines = 0
+        self._allowed: dict[str, bool] = {}
+        self._groups: dict[tuple[str, str, str], _Group] = defaultdict(_Group)
+        self._denials: dict[str, list[tuple[int, str]]] = defaultdict(list)
+
+    def allowed(self, client: str) -> bool:
+        """Whether the client is inside the allow-list; a non-IP client never is."""
+        if client not in self._allowed:
+            try:
+                address = ipaddress.ip_address(client)
+            except ValueError:
+                self._allowed[client] = False
+            else:
+                self._allowed[client] = any(address in n for n in self.config.allowlist)
+        return self._allowed[client]
+
+    def add(self, chunk: pa.Table) -> None:
+        self.lines += chunk.num_rows
+        if chunk.num_rows == 0:
+            return
+        path = pc.fill_null(chunk.column("path"), "")
+        status = chunk.column("status")
+        reached = pc.and_(pc.greater_equal(status, 200), pc.less(status, 400))
+        pattern = self.config.sensitive_pattern()
+        sensitive = pc.and_(pc.match_substring_regex(path, pattern), reached)
+        for row in chunk.filter(sensitive).to_pylist():
+            if not self.allowed(row["client"]):
+                self._hit("sensitive-path", row, display_path(row["path"]))
+        for row in chunk.filter(pc.match_substring_regex(path, PII_HINT)).to_pylist():
+            self._pii(row)
+        denied = chunk.filter(pc.is_in(status, pa.array(BURST_STATUSES, pa.int16())))
+        for row in denied.select(["client", "time", "file", "line"]).to_pylist():
+            self._denials[row["client"]].append((row["time"], _where(row)))
+
+    def _hit(self, rule: str, row: dict, shown: str) -> None:
+        self._groups[rule, row["client"], shown].add(row["time"], _where(row))
+
+    def _pii(self, row: dict) -> None:
+        decoded = unquote(row["path"])
+        if EMAIL.search(decoded):
+            self._hit("pii-email", row, display_path(row["path"]))
+        if card_numbers(decoded):
+            self._hit("pii-card", row, display_path(row["path"]))
+
+    def findings(self) -> list[dict[str, Any]]:
+        """Every finding, ordered by rule, then first time, then client; ids F1, F2, ..."""
+        found = [
+            _finding(rule, client, path, group)
+            for (rule, client, path), group in self._groups.items()
+        ]
+        for client, denials in self._denials.items():
+            found += bursts(client, denials, self.config)
+        found.sort(key=lambda f: (RULES.index(f["rule"]), f["first"], f["client"], f["path"]))
+        return [{"id": f"F{n}", **f} for n, f in enumerate(found, 1)]
+
+
+def _where(row: dict) -> str:
+    return f"{row['file']}:{row['line']}"
+
+
+def _finding(rule: str, client: str, path: str, group: _Group) -> dict[str, Any]:
+    return {
+        "rule": rule,
+        "client": client,
+        "path": path,
+        "first": _iso(group.first),
+        "last": _iso(group.last),
+        "count": group.count,
+        "evidence": group.samples,
+    }
+
+
+def bursts(
+    client: str, denials: list[tuple[int, str]], config: PolicyConfig
+) -> list[dict[str, Any]]:
+    """Episodes in which `client` got at least `burst_threshold` 401/403 answers within
+    `burst_seconds`; overlapping windows merge into one episode."""
+    k, span = config.burst_threshold, config.burst_seconds
+    if len(denials) < k:
+        return []
+    denials = sorted(denials)
+    times = np.array([t for t, _ in denials], dtype=np.int64)
+    starts = np.flatnonzero(times[k - 1 :] - times[: len(times) - k + 1] <= span)
+    episodes = []
+    for lo, hi in _merged(starts, k):
+        group = _Group()
+        for time, where in denials[lo:hi]:
+            group.add(time, where)
+        episodes.append(_finding("auth-failure-burst", client, "(401/403 answers)", group))
+    return episodes
+
+
+def _merged(starts: np.ndarray, k: int) -> list[tuple[int, int]]:
+    """[start, start + k) index ranges, overlapping ones merged, as (lo, hi) pairs."""
+    ranges: list[tuple[int, int]] = []
+    for start in starts.tolist():
+        if ranges and start < ranges[-1][1]:
+            ranges[-1] = (ranges[-1][0], start + k)
+        else:
+            ranges.append((start, start + k))
+    return ranges

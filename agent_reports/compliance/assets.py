@@ -1,0 +1,361 @@
+"""Compliance assets: the instance's history and the ledger → coverage and deliveries; the
+month's access logs → policy findings; both → the audit report, per UTC month.
+
+Each asset handles every partition of its run (one month when scheduled, several in a
+single-run backfill) and returns `{partition_key: value}`. History is read through the
+instance's public API (materialisation records, run records) up to the month's end.
+"""
+
+from datetime import datetime, timedelta
+
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetRecordsFilter,
+    BackfillPolicy,
+    DagsterInstance,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    PartitionKeyRange,
+    RunsFilter,
+    TimeWindow,
+    TimeWindowPartitionsDefinition,
+    asset,
+)
+
+from agent_reports.anomalies.partitions import anomalies_partitions
+from agent_reports.briefing.partitions import briefing_partitions
+from agent_reports.churn.partitions import churn_partitions
+from agent_reports.compliance import prompts
+from agent_reports.compliance.analysis import (
+    Materialization,
+    PolicyConfig,
+    PolicyScan,
+    RunAttempt,
+    Window,
+    coverage,
+    deliveries,
+    delivery_counts,
+    parse_allowlist,
+    parse_prefixes,
+    problem_windows,
+    windows_due,
+)
+from agent_reports.compliance.logs import ReadStats, month_records
+from agent_reports.compliance.partitions import ANALYSIS, POOL, compliance_partitions
+from agent_reports.core import settings
+from agent_reports.core.analyst import AnalystAnswer, AnalystRequest
+from agent_reports.core.publishing import publish_reports, report_from_answer, report_notes
+from agent_reports.core.reports import Report, Table
+from agent_reports.core.resources import (
+    AnalystResource,
+    DataSourceResource,
+    DeliveryResource,
+    ReportStoreResource,
+)
+from agent_reports.core.sources import InputError
+from agent_reports.market.partitions import market_partitions
+
+COMMON = {
+    "group_name": ANALYSIS,
+    "partitions_def": compliance_partitions,
+    "pool": POOL,
+    "backfill_policy": BackfillPolicy.single_run(),
+}
+# The analyses audited: their report's partitions (the schedule windows).
+AUDITED: dict[str, TimeWindowPartitionsDefinition] = {
+    "market": market_partitions,
+    "anomalies": anomalies_partitions,
+    "churn": churn_partitions,
+    "briefing": briefing_partitions,
+}
+# Windows due in a month started at most this long before it (churn: a week + 8 days).
+LOOKBACK = timedelta(days=32)
+PAGE = 1000
+PARTITION_TAG = "dagster/partition"
+RANGE_TAGS = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
+
+
+def _months(context: AssetExecutionContext) -> dict[str, TimeWindow]:
+    return {
+        key: compliance_partitions.time_window_for_partition_key(key)
+        for key in context.partition_keys
+    }
+
+
+def expected_windows(month: TimeWindow) -> list[Window]:
+    """Every audited analysis' windows whose deadline falls in the month."""
+    query = TimeWindow(month.start - LOOKBACK, month.end)
+    windows = []
+    for analysis, partitions_def in AUDITED.items():
+        for key in partitions_def.get_partition_keys_in_time_window(query):
+            span = partitions_def.time_window_for_partition_key(key)
+            windows.append(Window(analysis, key, span.start, span.end))
+    return windows_due(windows, month.start, month.end)
+
+
+def report_materializations(
+    instance: DagsterInstance, analysis: str, after: datetime, before: datetime
+) -> list[Materialization]:
+    """The analysis' report materialisations in [after, before), all pages."""
+    records_filter = AssetRecordsFilter(
+        asset_key=AssetKey(f"{analysis}_report"),
+        after_timestamp=after.timestamp(),
+        before_timestamp=before.timestamp(),
+    )
+    found, cursor = [], None
+    while True:
+        page = instance.fetch_materializations(
+            records_filter, limit=PAGE, cursor=cursor, ascending=True
+        )
+        for record in page.records:
+            degraded = record.asset_materialization.metadata.get("degraded")
+            found.append(
+                Materialization(
+                    analysis,
+                    record.partition_key,
+                    record.timestamp,
+                    record.run_id,
+                    bool(degraded.value) if degraded is not None else False,
+                )
+            )
+        if not page.has_more:
+            return found
+        cursor = page.cursor
+
+
+def _run_keys(tags: dict[str, str], partitions_def: TimeWindowPartitionsDefinition) -> tuple:
+    if PARTITION_TAG in tags:
+        return (tags[PARTITION_TAG],)
+    if all(tag in tags for tag in RANGE_TAGS):
+        key_range = PartitionKeyRange(*(tags[tag] for tag in RANGE_TAGS))
+        return tuple(partitions_def.get_partition_keys_in_range(key_range))
+    return ()
+
+
+def analysis_runs(instance: DagsterInstance, after: datetime) -> list[RunAttempt]:
+    """Runs created after `after` that targeted an audited analysis' report: its job, or
+    an asset selection holding the report (UI materialisations, backfills)."""
+    attempts = []
+    for record in instance.get_run_records(RunsFilter(created_after=after)):
+        run = record.dagster_run
+        for analysis, partitions_def in AUDITED.items():
+            report = AssetKey(f"{analysis}_report")
+            if run.job_name != f"{analysis}_job" and report not in (run.asset_selection or ()):
+                continue
+            attempts.append(
+                RunAttempt(
+                    analysis,
+                    run.run_id,
+                    _run_keys(run.tags, partitions_def),
+                    run.status.value,
+                    record.start_time,
+                    int(run.tags.get("dagster/retry_number", 0)),
+                    run.tags.get("dagster/parent_run_id"),
+                )
+            )
+    return attempts
+
+
+@asset(**COMMON, io_manager_key="range_io_manager")
+def compliance_history(
+    context: AssetExecutionContext, delivery: DeliveryResource
+) -> dict[str, dict]:
+    """Per month: each due window of each analysis classified from the instance's run and
+    materialisation history (ok / late / missing / failed; degraded, re-run, retried),
+    and the ledger's alerts and emails of the month."""
+    ledger = delivery.ledger()
+    try:
+        entries = ledger.entries()
+    finally:
+        ledger.engine.dispose()
+    values = {}
+    for key, month in _months(context).items():
+        windows = expected_windows(month)
+        after = min(w.start for w in windows) if windows else month.start
+        mats = [
+            m
+            for analysis in AUDITED
+            for m in report_materializations(context.instance, analysis, after, month.end)
+        ]
+        result = coverage(windows, mats, analysis_runs(context.instance, after), month.end)
+        sent = deliveries(entries, month.start, month.end)
+        values[key] = {
+            "coverage": result["per_analysis"],
+            "problem_windows": problem_windows(result["windows"]),
+            "deliveries": sent,
+            "delivery_counts": delivery_counts(sent),
+        }
+        context.add_asset_metadata(
+            {
+                "windows_due": len(windows),
+                "problem_windows": len(values[key]["problem_windows"]),
+                "deliveries": len(sent),
+            },
+            partition_key=key,
+        )
+    return values
+
+
+def policy_config() -> PolicyConfig:
+    """The allow-list and sensitive prefixes from the environment, read at run time."""
+    return PolicyConfig(
+        allowlist=parse_allowlist(settings.env("AGENT_REPORTS_COMPLIANCE_ALLOWLIST")),
+        sensitive_prefixes=parse_prefixes(settings.env("AGENT_REPORTS_COMPLIANCE_SENSITIVE_PATHS")),
+    )
+
+
+@asset(**COMMON, io_manager_key="range_io_manager", kinds={"pyarrow"})
+def compliance_log_findings(
+    context: AssetExecutionContext, source: DataSourceResource
+) -> dict[str, dict]:
+    """Per month: policy findings over the access logs (sensitive paths from outside the
+    allow-list, 401/403 bursts, personal data in URLs), each with file:line evidence."""
+    config = policy_config()
+    values = {}
+    for key, month in _months(context).items():
+        scan, stats = PolicyScan(config), ReadStats()
+        try:
+            for chunk in month_records(source.get(), month.start, month.end, stats):
+                scan.add(chunk)
+        except InputError as error:
+            raise Failure(
+                description=f"Bad access-log input: {error}",
+                metadata={"file": error.path, "line": error.line or 0},
+                allow_retries=False,
+            ) from None
+        findings = scan.findings()
+        values[key] = {
+            "log_lines": scan.lines,
+            "log_files": stats.files,
+            "unreadable": stats.unreadable or [],
+            "policy_findings": findings,
+        }
+        context.add_asset_metadata(
+            {"log_lines": scan.lines, "policy_findings": len(findings)}, partition_key=key
+        )
+    return values
+
+
+@asset(**COMMON)
+def compliance_report(
+    context: AssetExecutionContext,
+    compliance_history: dict[str, dict],
+    compliance_log_findings: dict[str, dict],
+    analyst: AnalystResource,
+    reports: ReportStoreResource,
+) -> MaterializeResult:
+    """The month's audit: figures and evidence from code, executive summary from the
+    analyst (cached)."""
+    audits = {
+        key: {"month": key[:7], **compliance_history[key], **compliance_log_findings[key]}
+        for key in context.partition_keys
+    }
+    requests = {
+        key: AnalystRequest.from_prompts(ANALYSIS, prompts, prompts.prompt_data(audit))
+        for key, audit in audits.items()
+    }
+    written = publish_reports(
+        context,
+        analyst,
+        reports.path(),
+        requests,
+        lambda key, answer: build_compliance_report(key, audits[key], answer),
+    )
+    return MaterializeResult(metadata={"reports_written": MetadataValue.int(len(written))})
+
+
+PROBLEM_COLUMNS = [
+    "analysis",
+    "window",
+    "status",
+    "flags",
+    "deadline (UTC)",
+    "first materialised",
+    "h after window end",
+    "runs",
+    "failed runs",
+    "retries",
+    "run ids",
+]
+DELIVERY_COLUMNS = [
+    "when",
+    "kind",
+    "channel",
+    "report",
+    "partition",
+    "recipient",
+    "status",
+    "attempts",
+    "error",
+]
+FINDING_KEYS = ("id", "rule", "client", "path", "first", "last", "count")
+COVERAGE_COLUMNS = ["windows", "ok", "late", "missing", "failed", "degraded", "re-run", "retried"]
+
+
+def _tables(audit: dict) -> list[Table]:
+    coverage_rows = [
+        [analysis, *(counts[c] for c in COVERAGE_COLUMNS)]
+        for analysis, counts in audit["coverage"].items()
+    ]
+    problems = [
+        [
+            w["analysis"],
+            w["window"],
+            w["status"],
+            ", ".join(w["flags"]),
+            w["deadline"],
+            w["first_materialized"],
+            w["hours_after_window_end"],
+            w["runs"],
+            w["failed_runs"],
+            w["retries"],
+            " ".join(run_id[:8] for run_id in w["run_ids"]),
+        ]
+        for w in audit["problem_windows"]
+    ]
+    sent = [[d[k] for k in DELIVERY_COLUMNS] for d in audit["deliveries"]]
+    findings = [
+        [*(f[k] for k in FINDING_KEYS), ", ".join(f["evidence"])] for f in audit["policy_findings"]
+    ]
+    return [
+        Table("Coverage per analysis", ["analysis", *COVERAGE_COLUMNS], coverage_rows),
+        Table(
+            "Problem windows",
+            PROBLEM_COLUMNS,
+            problems,
+        ),
+        Table(
+            "Deliveries",
+            DELIVERY_COLUMNS,
+            sent,
+        ),
+        Table(
+            "Policy findings",
+            ["id", "rule", "client", "path", "first", "last", "count", "evidence (file:line)"],
+            findings,
+        ),
+    ]
+
+
+def build_compliance_report(key: str, audit: dict, answer: AnalystAnswer) -> Report:
+    window = compliance_partitions.time_window_for_partition_key(key)
+    notes = [
+        "Figures, classifications and evidence come from the instance's run history, the "
+        "delivery ledger and the access logs, not from the LLM. A window is audited in the "
+        "month its deadline falls in; history after the month's end is not counted.",
+        *(f"Log file unreadable: {problem}" for problem in audit["unreadable"]),
+        *report_notes(answer),
+    ]
+    return report_from_answer(
+        ANALYSIS,
+        key,
+        window,
+        answer,
+        prompts.PROMPT_VERSION,
+        findings=answer.narrative["findings"],
+        metrics=audit,
+        tables=_tables(audit),
+        notes=notes,
+    )

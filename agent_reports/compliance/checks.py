@@ -1,0 +1,39 @@
+"""Compliance asset checks: the audit report is grounded (quality), and every window due
+in the month produced its report (a warning that lists the gaps, so they show in the UI)."""
+
+import json
+
+from dagster import AssetCheckResult, AssetCheckSeverity, asset_check
+
+from agent_reports.compliance.assets import compliance_history, compliance_report
+from agent_reports.compliance.partitions import ANALYSIS, compliance_partitions
+from agent_reports.core.publishing import report_quality_check
+from agent_reports.core.resources import ReportStoreResource
+
+MAX_LISTED = 20
+
+
+@asset_check(asset=compliance_report, partitions_def=compliance_partitions)
+def report_is_grounded(context, reports: ReportStoreResource) -> AssetCheckResult:
+    """Each audit of the run exists, has a summary, and was not degraded to the template."""
+    return report_quality_check(reports.path(), ANALYSIS, context.partition_keys)
+
+
+@asset_check(asset=compliance_history, partitions_def=compliance_partitions)
+def every_window_has_its_report(compliance_history: dict[str, dict]) -> AssetCheckResult:
+    """Fails (as a warning) when any window due in the month is missing or failed."""
+    gaps = [
+        f"{w['analysis']} {w['window']}: {w['status']}"
+        for month in compliance_history.values()
+        for w in month["problem_windows"]
+        if w["status"] in ("missing", "failed")
+    ]
+    return AssetCheckResult(
+        passed=not gaps,
+        severity=AssetCheckSeverity.WARN,
+        metadata={"gaps": len(gaps), "examples": json.dumps(gaps[:MAX_LISTED])},
+        description=None if not gaps else f"{len(gaps)} window(s) without a report",
+    )
+
+
+compliance_checks = [report_is_grounded, every_window_has_its_report]
