@@ -21,7 +21,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 
@@ -29,13 +29,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-# When each analysis' report is due, from its window's start or end (the briefing: 09:30
-# New York on its own day; wall-clock arithmetic on the zone-aware start follows DST).
-DEADLINES: dict[str, tuple[str, timedelta]] = {
-    "market": ("end", timedelta(hours=25)),
-    "anomalies": ("end", timedelta(hours=2)),
-    "churn": ("end", timedelta(days=8)),
-    "briefing": ("start", timedelta(hours=9, minutes=30)),
+from agent_reports.core.deadlines import DEADLINES as ALL_DEADLINES
+from agent_reports.core.deadlines import Deadline
+
+# When each audited analysis' report is due: the table the stale-window alert and the
+# UI's freshness policies use too (core/deadlines.py), less the audit itself.
+DEADLINES: dict[str, Deadline] = {
+    analysis: due for analysis, due in ALL_DEADLINES.items() if analysis != "compliance"
 }
 STATUSES = ("ok", "late", "missing", "failed")
 FLAGS = ("degraded", "re-run", "retried", "failed attempts")
@@ -56,8 +56,7 @@ class Window:
 
     @property
     def deadline(self) -> datetime:
-        anchor, delay = DEADLINES[self.analysis]
-        return (self.start if anchor == "start" else self.end) + delay
+        return DEADLINES[self.analysis].due(self.start, self.end)
 
 
 @dataclass(frozen=True)

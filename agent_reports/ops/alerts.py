@@ -2,7 +2,8 @@
 
 Both go through the notifier and its ledger, keyed so that one incident gives one
 alert however often a sensor is evaluated (daemon restarts re-evaluate): a stale
-analysis by (asset, last update or missed deadline), a failed run by its run id.
+analysis by (report asset, the missing window's partition key), a failed run by its run
+id.
 
 Ops alerts have their own recipients (AGENT_REPORTS_OPS_EMAIL_TO) and webhook
 (AGENT_REPORTS_OPS_WEBHOOK_URL, _TOKEN), apart from the anomaly alerts and report emails:
@@ -13,9 +14,11 @@ alert that must first be switched on is missing exactly when it is needed.
 from datetime import UTC, datetime
 
 from dagster import (
+    AssetsDefinition,
     DefaultSensorStatus,
     EnvVar,
     RunFailureSensorContext,
+    ScheduleDefinition,
     SensorEvaluationContext,
     SkipReason,
     run_failure_sensor,
@@ -23,10 +26,12 @@ from dagster import (
 )
 
 from agent_reports.core import settings
+from agent_reports.core.deadlines import DEADLINES
 from agent_reports.core.delivery import DeliveryOutcome, Message, Notifier, WebhookSender
 from agent_reports.core.resources import DeliveryResource
 from agent_reports.ops import ClockResource
-from agent_reports.ops.freshness import FRESHNESS, freshness_state
+from agent_reports.ops.catchup import schedule_is_running
+from agent_reports.ops.freshness import DueWindow, has_report, newest_due_window, report_key
 
 FRESHNESS_REPORT = "ops-freshness"
 RUN_FAILURE_REPORT = "ops-run-failure"
@@ -63,45 +68,81 @@ def _summary(outcomes: list[DeliveryOutcome] | None) -> str:
     return ", ".join(f"{o.status}" + (f" ({o.reason})" if o.reason else "") for o in outcomes)
 
 
+def watched(
+    context: SensorEvaluationContext,
+) -> list[tuple[str, AssetsDefinition, ScheduleDefinition]]:
+    """(analysis, report asset, schedule) of each analysis in the deadline table that this
+    code location defines; the schedule is the one that runs `<analysis>_job`."""
+    repository = context.repository_def
+    if repository is None:
+        return []
+    schedules = {schedule.job_name: schedule for schedule in repository.schedule_defs}
+    found = []
+    for analysis in DEADLINES:
+        report = repository.assets_defs_by_key.get(report_key(analysis))
+        schedule = schedules.get(f"{analysis}_job")
+        if report is not None and schedule is not None:
+            found.append((analysis, report, schedule))
+    return found
+
+
+def stale_message(window: DueWindow, now: datetime) -> Message:
+    """The alert for one window without its report past its deadline."""
+    name = report_key(window.analysis).to_user_string()
+    deadline = window.deadline.astimezone(UTC).isoformat()
+    detail = f"no report for window {window.key} (due {deadline})"
+    return Message(
+        subject=f"[agent_reports] {window.analysis} is stale: window {window.key} missing",
+        text=f"{name} is stale as of {now.isoformat()}: {detail}.\n"
+        "Check its schedule, the catch-up sensor and recent run failures.\n",
+        payload={
+            "alert": "stale",
+            "analysis": window.analysis,
+            "asset": name,
+            "window": window.key,
+            "deadline": deadline,
+            "detail": detail,
+            "incident": window.key,
+            "evaluated_at": now.isoformat(),
+        },
+    )
+
+
 @sensor(
     name="freshness_alert_sensor",
     minimum_interval_seconds=120,
     default_status=DefaultSensorStatus.RUNNING,
-    description="Alerts once per incident when an analysis' report goes stale.",
+    description="Alerts once per window when an analysis' newest due window has no report "
+    "(while its schedule is on).",
 )
 def freshness_alert_sensor(
     context: SensorEvaluationContext, clock: ClockResource, delivery: DeliveryResource
 ):
+    """For each analysis whose schedule is on, the newest window past its deadline must
+    have its own report; if not, one alert per (analysis, window) through the ledger.
+
+    A stopped schedule means the analysis is paused (as for the catch-up sensor): its
+    windows are not judged, else a paused hourly analysis would alert every hour. The UI's
+    freshness policy still shows it overdue.
+    """
     now = clock.now()
-    present = set(context.repository_def.assets_defs_by_key) if context.repository_def else None
-    lines = []
-    for key, policy in FRESHNESS.items():
-        if present is not None and key not in present:
+    lines, paused = [], []
+    for analysis, report, schedule in watched(context):
+        if not schedule_is_running(context, schedule):
+            paused.append(analysis)
             continue
-        event = context.instance.get_latest_materialization_event(key)
-        last = datetime.fromtimestamp(event.timestamp, UTC) if event else None
-        state = freshness_state(policy, last, now)
-        if state.state != "FAIL":
+        window = newest_due_window(analysis, report.partitions_def, now)
+        if window is None or has_report(context.instance, window, now):
             continue
-        name = key.to_user_string()
-        message = Message(
-            subject=f"[agent_reports] {name} is stale",
-            text=f"{name} is stale as of {now.isoformat()}: {state.detail}.\n"
-            "Check its schedule, the catch-up sensor and recent run failures.\n",
-            payload={
-                "alert": "stale",
-                "asset": name,
-                "detail": state.detail,
-                "incident": state.incident,
-                "evaluated_at": now.isoformat(),
-            },
-        )
-        outcomes = _send(delivery, name, FRESHNESS_REPORT, state.incident or "", message)
-        lines.append(f"{name}: {state.detail} → {_summary(outcomes)}")
+        message = stale_message(window, now)
+        name = report.key.to_user_string()
+        outcomes = _send(delivery, name, FRESHNESS_REPORT, window.key, message)
+        lines.append(f"{analysis} {window.key}: {message.payload['detail']} → {_summary(outcomes)}")
+    note = f" (paused, not judged: {', '.join(paused)})" if paused else ""
     if not lines:
-        return SkipReason(f"every analysis is fresh as of {now.isoformat()}")
+        return SkipReason(f"no due window is missing as of {now.isoformat()}{note}")
     context.log.warning("; ".join(lines))
-    return SkipReason("stale: " + "; ".join(lines))
+    return SkipReason("stale: " + "; ".join(lines) + note)
 
 
 @run_failure_sensor(

@@ -1,22 +1,23 @@
-"""How fresh each analysis must be, declared once as Dagster freshness policies.
+"""How fresh each analysis must be: the UI's freshness policies and the per-window rule the
+alert sensor applies, both from the one deadline table (core/deadlines.py).
 
-The policies sit on the report assets, so the UI (and Dagster's freshness daemon) shows
-each analysis as fresh or stale. The numbers are "one period plus slack" since the last
-report: a daily market report every 25 h, an hourly anomaly report every 2 h, a weekly
-churn report every 8 days, a monthly audit every 32 days; the briefing must be
-materialised between 09:00 and 09:30 New York each weekday.
-
-`freshness_state` evaluates the same two policy kinds the same way as Dagster's
-evaluators, but at an instant it is given, so the alert sensor can be tested at fixed
-instants.
+Two views of the same deadlines, because they answer different questions:
+- the Dagster freshness policies on the report assets are what the UI shows: "time since
+  the last report" (market 25 h, anomalies 2 h, churn 8 days, compliance 32 days) and, for
+  the briefing, "materialised between 09:00 and 09:30 New York each weekday";
+- the alert judges windows, not the last report: the newest window whose deadline has
+  passed must have its own report. A backfill of old windows updates "the last report"
+  and would hide a missing newest window from a time-since-last rule.
 """
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from dagster import (
     AssetKey,
+    AssetRecordsFilter,
     AssetSpec,
+    DagsterInstance,
     Definitions,
     FreshnessPolicy,
     TimeWindow,
@@ -24,16 +25,43 @@ from dagster import (
     apply_freshness_policy,
 )
 
+from agent_reports.briefing.partitions import BRIEFING_TIME
+from agent_reports.core.deadlines import DEADLINES, Deadline
+
+# Only windows whose deadline passed less than this before `now` are judged: longer than
+# the longest period (a month), so every analysis' newest due window is inside. Older
+# windows are the compliance audit's business, never an alert.
+LOOKBACK = timedelta(days=35)
+# When the analyses with a local-time deadline are scheduled (wall-clock after midnight):
+# the lower bound of their cron policy, so the UI expects the report after the schedule ran.
+SCHEDULE_TIMES = {"briefing": BRIEFING_TIME}
+# The longest a window can start before its deadline (a month, plus the 32-day allowance).
+LONGEST_START_TO_DEADLINE = timedelta(days=64)
+
+
+def report_key(analysis: str) -> AssetKey:
+    return AssetKey(f"{analysis}_report")
+
+
+def policy_for(analysis: str, due: Deadline) -> FreshnessPolicy:
+    """The UI policy for one row of the deadline table.
+
+    A local-time deadline becomes a cron policy whose lower bound is the analysis'
+    schedule time (the briefing: between 09:00 and 09:30 New York); the others become
+    "at most this long since the last report".
+    """
+    if due.after_end is not None:
+        return FreshnessPolicy.time_window(fail_window=due.after_end)
+    at = due.local_time
+    return FreshnessPolicy.cron(
+        deadline_cron=f"{at.minute} {at.hour} * * {due.weekdays}",
+        lower_bound_delta=timedelta(hours=at.hour, minutes=at.minute) - SCHEDULE_TIMES[analysis],
+        timezone=due.timezone,
+    )
+
+
 FRESHNESS: dict[AssetKey, FreshnessPolicy] = {
-    AssetKey("market_report"): FreshnessPolicy.time_window(fail_window=timedelta(hours=25)),
-    AssetKey("anomalies_report"): FreshnessPolicy.time_window(fail_window=timedelta(hours=2)),
-    AssetKey("churn_report"): FreshnessPolicy.time_window(fail_window=timedelta(days=8)),
-    AssetKey("compliance_report"): FreshnessPolicy.time_window(fail_window=timedelta(days=32)),
-    AssetKey("briefing_report"): FreshnessPolicy.cron(
-        deadline_cron="30 9 * * 1-5",
-        lower_bound_delta=timedelta(minutes=30),
-        timezone="America/New_York",
-    ),
+    report_key(analysis): policy_for(analysis, due) for analysis, due in DEADLINES.items()
 }
 
 
@@ -48,51 +76,56 @@ def with_freshness(defs: Definitions) -> Definitions:
 
 
 @dataclass(frozen=True)
-class Freshness:
-    """The state of one asset at one instant, and what makes an incident unique."""
+class DueWindow:
+    """One analysis window whose report was due by `deadline`."""
 
-    state: str  # PASS | WARN | FAIL | UNKNOWN (never materialised)
-    detail: str
-    incident: str | None = None  # the same while one incident lasts
+    analysis: str
+    key: str
+    window: TimeWindow
+    deadline: datetime
 
 
-def latest_cron_tick(cron: str, timezone: str, now: datetime) -> datetime:
-    """The last tick of `cron` at or before `now`: the start of the partition that a
-    cron-based partitions definition has at `now` (a public way to walk a cron)."""
-    ticks = TimeWindowPartitionsDefinition(
-        cron_schedule=cron, timezone=timezone, start=now - timedelta(days=400), fmt="%Y%m%d%H%M"
+def newest_due_window(
+    analysis: str, partitions_def: TimeWindowPartitionsDefinition, now: datetime
+) -> DueWindow | None:
+    """The newest window whose deadline passed before `now`, within LOOKBACK; None before
+    the partitions start (or after they end).
+
+    Deadlines rise with the windows, so the newest due window is the last match among
+    the windows starting in the latest `span`; the span doubles until one matches, which
+    keeps an hourly analysis to a day of windows instead of months of them.
+    """
+    due_rule = DEADLINES[analysis]
+    span = timedelta(days=1)
+    while span < 2 * (LOOKBACK + LONGEST_START_TO_DEADLINE):
+        newest = None
+        for key in partitions_def.get_partition_keys_in_time_window(TimeWindow(now - span, now)):
+            window = partitions_def.time_window_for_partition_key(key)
+            due = due_rule.due(window.start, window.end)
+            if now - LOOKBACK < due < now and _inside(partitions_def, window):
+                newest = DueWindow(analysis, key, window, due)
+        if newest is not None:
+            return newest
+        span *= 2
+    return None
+
+
+def _inside(partitions_def: TimeWindowPartitionsDefinition, window: TimeWindow) -> bool:
+    """Whether the window lies within the partitions' start (and end): the key query
+    also yields windows before the start."""
+    end = partitions_def.end
+    return window.start >= partitions_def.start and (end is None or window.end <= end)
+
+
+def has_report(instance: DagsterInstance, window: DueWindow, now: datetime) -> bool:
+    """Whether the window's own report was materialised before `now` (history after `now`
+    does not count, so an evaluation at a past instant sees what was there then)."""
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(
+            asset_key=report_key(window.analysis),
+            asset_partitions=[window.key],
+            before_timestamp=now.timestamp(),
+        ),
+        limit=1,
     )
-    keys = ticks.get_partition_keys_in_time_window(TimeWindow(now - timedelta(days=32), now))
-    windows = [ticks.time_window_for_partition_key(key) for key in keys]
-    return max(t for w in windows for t in (w.start, w.end) if t <= now)
-
-
-def freshness_state(
-    policy: FreshnessPolicy, last_update: datetime | None, now: datetime
-) -> Freshness:
-    """Dagster's rule for the policy, evaluated at `now` (see the module docstring)."""
-    if last_update is None:
-        return Freshness("UNKNOWN", "never materialised")
-    if hasattr(policy, "fail_window"):
-        age = now - last_update
-        fail = policy.fail_window.to_timedelta()
-        warn = policy.warn_window.to_timedelta() if policy.warn_window else None
-        detail = f"last report {_hours(age)} ago (limit {_hours(fail)})"
-        if age >= fail:
-            return Freshness("FAIL", detail, f"no-update-since:{last_update.isoformat()}")
-        if warn is not None and age >= warn:
-            return Freshness("WARN", detail)
-        return Freshness("PASS", detail)
-    tick = latest_cron_tick(policy.deadline_cron, policy.timezone, now)
-    lower = tick - policy.lower_bound_delta
-    detail = (
-        f"expected between {lower.isoformat()} and {tick.isoformat()}, "
-        f"last {last_update.isoformat()}"
-    )
-    if last_update >= lower:
-        return Freshness("PASS", detail)
-    return Freshness("FAIL", detail, f"deadline:{tick.astimezone(UTC).isoformat()}")
-
-
-def _hours(delta: timedelta) -> str:
-    return f"{delta.total_seconds() / 3600:.1f} h"
+    return bool(records.records)
