@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install pools run test lint format audit clean
+.PHONY: install pools run stack stack-down test lint format audit clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11" >&2; exit 1; }
@@ -33,6 +33,14 @@ pools: install $(DAGSTER_HOME)/dagster.yaml
 run: install $(DAGSTER_HOME)/dagster.yaml pools
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
+# The code server, webserver (127.0.0.1:3000) and daemon as separate processes on PostgreSQL
+# (deploy/dagster.yaml; DAGSTER_PG_* settings, database created if missing). State in .stack/.
+stack: install
+	bash deploy/stack.sh start
+
+stack-down:
+	bash deploy/stack.sh stop
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -52,4 +60,4 @@ test: install lint audit
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) .dagster_home reports .pytest_cache .ruff_cache
+	rm -rf $(VENV) .dagster_home .stack reports state .pytest_cache .ruff_cache
