@@ -6,7 +6,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
+from dagster import (
+    Definitions,
+    in_process_executor,
+    load_asset_checks_from_modules,
+    load_assets_from_modules,
+)
 
 from agent_reports.anomalies import assets as anomalies_assets
 from agent_reports.anomalies import checks as anomalies_checks
@@ -86,6 +91,11 @@ defs = Definitions(
         run_failure_alert_sensor,
         run_ping_sensor,
     ],
+    # One process per run, not one per step: the multiprocess default starts 5-7 processes
+    # per run, each importing the code location again (4-9 s apiece on this machine), which
+    # made orchestration, not the data, the cost of a run. A crashed run is retried whole
+    # (dagster.yaml run_retries); the steps of an analysis are sequential anyway.
+    executor=in_process_executor,
     resources={
         "source": DataSourceResource(),
         "analyst": AnalystResource(),
