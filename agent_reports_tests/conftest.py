@@ -242,6 +242,17 @@ def postgres_db() -> Iterator[dict[str, str]]:
 
 
 @pytest.fixture
+def instance(tmp_path: Path):
+    """A real SQLite Dagster instance under the test's tmp dir: runs, event log, schedules."""
+    from dagster import DagsterInstance
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    with DagsterInstance.local_temp(tempdir=str(home)) as instance:
+        yield instance
+
+
+@pytest.fixture
 def run_partition():
     """Run a job of the code location for one partition in this process (no queue, no daemon).
 

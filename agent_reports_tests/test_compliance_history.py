@@ -15,12 +15,11 @@ each run executes. Everything else is real: runs, event log, run records, ledger
 
 import json
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance, build_schedule_context
+from dagster import build_schedule_context
 
 from agent_reports.core import delivery
 from agent_reports.core.delivery import DeliveryError, DeliveryKey, DeliveryLedger
@@ -52,14 +51,6 @@ class ShiftedClock:
         self._monkeypatch.setattr(
             delivery, "_now", lambda: datetime.fromtimestamp(self._real() - offset, UTC)
         )
-
-
-@pytest.fixture
-def instance(tmp_path: Path) -> Iterator[DagsterInstance]:
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    with DagsterInstance.local_temp(tempdir=str(home)) as instance:
-        yield instance
 
 
 def _bad_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,7 +14,6 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 from dagster import (
@@ -41,14 +40,6 @@ from agent_reports.ops.alerts import freshness_alert_sensor, run_failure_alert_s
 from agent_reports.ops.freshness import FRESHNESS, newest_due_window
 
 STALE = "[agent_reports] {} is stale: window {} missing"
-
-
-@pytest.fixture
-def instance(tmp_path: Path) -> Iterator[DagsterInstance]:
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    with DagsterInstance.local_temp(tempdir=str(home)) as instance:
-        yield instance
 
 
 class Received(list):

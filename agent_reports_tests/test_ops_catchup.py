@@ -7,9 +7,7 @@ with the tags the daemon gives sensor runs, and the sensor is evaluated again.
 
 import os
 import subprocess
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from dagster import (
@@ -33,14 +31,6 @@ from agent_reports_tests.conftest import BIN
 NOW = datetime(2024, 3, 10, 7, 0, tzinfo=UTC)  # after the 06:00 tick for 2024-03-09
 MATERIALISED = ["2024-03-03", "2024-03-05"]  # ran before / between outages
 WINDOW_DAYS = 7
-
-
-@pytest.fixture
-def instance(tmp_path: Path) -> Iterator[DagsterInstance]:
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    with DagsterInstance.local_temp(tempdir=str(home)) as instance:
-        yield instance
 
 
 def _running_market() -> CatchUp:

@@ -77,14 +77,6 @@ def ping_server() -> Iterator[PingServer]:
         server.server_close()
 
 
-@pytest.fixture
-def instance(tmp_path: Path) -> Iterator[DagsterInstance]:
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    with DagsterInstance.local_temp(tempdir=str(home)) as instance:
-        yield instance
-
-
 @pytest.fixture(autouse=True)
 def no_ping_urls(monkeypatch: pytest.MonkeyPatch) -> None:
     """Only the URLs a test sets, never one from the developer's shell."""
