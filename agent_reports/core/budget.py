@@ -44,12 +44,7 @@ token_spend = sa.Table(
 def default_budget_url() -> str:
     """The ledger database when one is configured, else its own SQLite file: the SQLite
     delivery ledger holds its lock while an email is sent, and spending must not wait."""
-    url = settings.env("AGENT_REPORTS_LEDGER_URL")
-    if url:
-        return url
-    path = settings.state_dir() / "llm_budget.sqlite"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path}"
+    return settings.database_url("llm_budget.sqlite")
 
 
 def limits_from_env(analyses: Iterable[str] = settings.ANALYSES) -> dict[str, int]:

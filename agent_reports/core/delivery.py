@@ -93,12 +93,7 @@ deliveries = sa.Table(
 def default_ledger_url() -> str:
     from agent_reports.core import settings
 
-    url = settings.env("AGENT_REPORTS_LEDGER_URL")
-    if url:
-        return url
-    path = settings.state_dir() / "ledger.sqlite"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path}"
+    return settings.database_url("ledger.sqlite")
 
 
 class DeliveryLedger:

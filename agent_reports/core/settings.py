@@ -29,6 +29,17 @@ def state_dir() -> Path:
     return Path(env("AGENT_REPORTS_STATE_DIR", "state")).resolve()
 
 
+def database_url(sqlite_file: str) -> str:
+    """AGENT_REPORTS_LEDGER_URL when set (one database for the ledgers), else an SQLite
+    file of that name under the state dir."""
+    url = env("AGENT_REPORTS_LEDGER_URL")
+    if url:
+        return url
+    path = state_dir() / sqlite_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
 def data_dir() -> Path:
     """The drop folder read by the `files` source: `market/`, `logs/`, `customers/`."""
     return Path(env("AGENT_REPORTS_DATA_DIR", "data")).resolve()
