@@ -15,7 +15,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -236,6 +236,25 @@ def postgres_db() -> Iterator[dict[str, str]]:
         }
     finally:
         _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def stored_run_ids(pg: Mapping[str, str]) -> set[str]:
+    """The run ids in the runs table of the instance database."""
+    import psycopg2
+
+    connection = psycopg2.connect(
+        host=pg["DAGSTER_PG_HOST"],
+        port=pg["DAGSTER_PG_PORT"],
+        user=pg["DAGSTER_PG_USER"],
+        dbname=pg["DAGSTER_PG_DB"],
+        connect_timeout=10,
+    )
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT run_id FROM runs")
+            return {row[0] for row in cursor.fetchall()}
+    finally:
+        connection.close()
 
 
 # ------------------------------------------------------------------------- in-process runs

@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
-import psycopg2
-
 from agent_reports_tests.conftest import free_port
 from agent_reports_tests.dagster_stack import DagsterStack
 
@@ -138,23 +136,6 @@ def deployed_stack(
         raise
     finally:
         stack_cli("stop", environment, timeout=180)
-
-
-def stored_run_ids(pg: Mapping[str, str]) -> set[str]:
-    """The run ids in the runs table of the instance database."""
-    connection = psycopg2.connect(
-        host=pg["DAGSTER_PG_HOST"],
-        port=pg["DAGSTER_PG_PORT"],
-        user=pg["DAGSTER_PG_USER"],
-        dbname=pg["DAGSTER_PG_DB"],
-        connect_timeout=10,
-    )
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT run_id FROM runs")
-            return {row[0] for row in cursor.fetchall()}
-    finally:
-        connection.close()
 
 
 # ------------------------------------------------------------ a throwaway PostgreSQL cluster

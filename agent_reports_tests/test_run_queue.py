@@ -12,9 +12,9 @@ from collections.abc import Callable
 from itertools import combinations
 from pathlib import Path
 
-import psycopg2
 import pytest
 
+from agent_reports_tests.conftest import stored_run_ids as postgres_runs_table
 from agent_reports_tests.dagster_stack import DagsterStack, Run, dagster_stack, overlaps
 
 PARTITIONS = [f"2024-03-{day:02d}" for day in range(4, 9)]
@@ -31,18 +31,7 @@ def sqlite_run_ids(home: Path, _pg: dict[str, str]) -> set[str]:
 
 
 def postgres_run_ids(_home: Path, pg: dict[str, str]) -> set[str]:
-    connection = psycopg2.connect(
-        host=pg["DAGSTER_PG_HOST"],
-        port=pg["DAGSTER_PG_PORT"],
-        user=pg["DAGSTER_PG_USER"],
-        dbname=pg["DAGSTER_PG_DB"],
-    )
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT run_id FROM runs")
-            return {row[0] for row in cursor.fetchall()}
-    finally:
-        connection.close()
+    return postgres_runs_table(pg)
 
 
 STORAGES = {

@@ -22,6 +22,7 @@ from urllib.error import HTTPError
 
 import pytest
 
+from agent_reports_tests.conftest import stored_run_ids
 from agent_reports_tests.dagster_stack import (
     BACKFILL_DONE,
     TERMINAL,
@@ -33,7 +34,6 @@ from agent_reports_tests.stack_harness import (
     DeployedStack,
     ThrowawayPostgres,
     deployed_stack,
-    stored_run_ids,
 )
 
 pytestmark = pytest.mark.timeout(600)
