@@ -12,7 +12,6 @@ carry churn rates and lift over the base rate, the measurable drivers.
 
 from __future__ import annotations
 
-import csv
 import io
 import math
 from datetime import date
@@ -22,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from agent_reports.core.customers import CATEGORICAL_COLUMNS
+from agent_reports.core.reports import csv_bytes
 
 AVG_MONTH_DAYS = 30.4375
 FOLDS = 5
@@ -240,21 +240,12 @@ def _top_at_risk(active: pd.DataFrame, top_n: int) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------- outputs
 
 
-def _csv_safe(value: Any) -> Any:
-    """Customer text cannot start a spreadsheet formula (CSV injection)."""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return value
-
-
 def at_risk_csv(metrics: dict[str, Any]) -> bytes:
     """The top at-risk active customers as CSV (the email's attachment)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["rank", *TOP_COLUMNS])
-    for rank, row in enumerate(metrics["top_at_risk"], start=1):
-        writer.writerow([rank, *(_csv_safe(row[column]) for column in TOP_COLUMNS)])
-    return buffer.getvalue().encode()
+    rows = [
+        [rank, *(row[c] for c in TOP_COLUMNS)] for rank, row in enumerate(metrics["top_at_risk"], 1)
+    ]
+    return csv_bytes(["rank", *TOP_COLUMNS], rows)
 
 
 def _png(figure: Any) -> bytes:

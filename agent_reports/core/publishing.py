@@ -25,7 +25,7 @@ from agent_reports.core.analyst import (
     CachedAnalyst,
     Usage,
 )
-from agent_reports.core.reports import Report
+from agent_reports.core.reports import Report, neutral_text
 from agent_reports.core.resources import AnalystResource
 
 MARKDOWN_PREVIEW_LIMIT = 60_000
@@ -72,6 +72,8 @@ def publish_reports(
 
 
 def report_metadata(report: Report, answer: AnalystAnswer, paths: dict[str, Path]) -> dict:
+    """What the UI shows of one report; its text neutralised like the report's views
+    (the model name is echoed by the LLM server)."""
     preview = report.to_markdown()
     if len(preview) > MARKDOWN_PREVIEW_LIMIT:
         preview = preview[:MARKDOWN_PREVIEW_LIMIT] + "\n\n…(truncated; see the file)"
@@ -79,10 +81,10 @@ def report_metadata(report: Report, answer: AnalystAnswer, paths: dict[str, Path
         "preview": MetadataValue.md(preview),
         "report_json": MetadataValue.path(str(paths["json"])),
         "report_html": MetadataValue.path(str(paths["html"])),
-        "generated_by": report.generated_by,
+        "generated_by": neutral_text(report.generated_by),
         "degraded": report.degraded,
         "input_fingerprint": report.input_fingerprint,
-        "prompt_version": report.prompt_version,
+        "prompt_version": neutral_text(report.prompt_version),
         "findings": len(report.findings),
         "llm_cache_hit": answer.cache_hit,
         "llm_requests": answer.usage.requests,

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 
 from agent_reports.core.delivery import DeliveryKey, DeliveryLedger, EmailSender, Message
-from agent_reports.core.reports import Report
+from agent_reports.core.reports import Report, neutral_text
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +60,12 @@ def content_fingerprint(report: Report) -> str:
 def report_email(
     sender: EmailSender, report: Report, subject: str, key: DeliveryKey
 ) -> EmailMessage:
-    """Text (Markdown) and HTML alternatives, charts inline, attachments attached."""
+    """Text (Markdown) and HTML alternatives, charts inline, attachments attached. The
+    bodies and attachments are neutralised by the report; the subject is done here."""
     cids = [f"chart{i}.{key.digest[:16]}@agent-reports" for i in range(len(report.images))]
     html = report.to_html(image_urls=[f"cid:{cid}" for cid in cids])
-    email = sender.build(Message(subject, report.to_markdown(), {}, html), key)
+    message = Message(header_text(subject), report.to_markdown(), {}, html)
+    email = sender.build(message, key)
     html_part = email.get_body(preferencelist=("html",))
     for cid, image in zip(cids, report.images, strict=True):
         html_part.add_related(image.png, maintype="image", subtype="png", cid=f"<{cid}>")
@@ -73,6 +75,11 @@ def report_email(
             attachment.data, maintype=maintype, subtype=subtype, filename=attachment.filename
         )
     return email
+
+
+def header_text(value: str) -> str:
+    """A header value from data: one line, no control character (see `neutral_text`)."""
+    return " ".join(neutral_text(value).split())
 
 
 def _sent_fingerprints(ledger: DeliveryLedger, key: DeliveryKey) -> set[str]:

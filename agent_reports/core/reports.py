@@ -4,12 +4,22 @@ The JSON is the record (`analysis`, `partition`, `generated_by`, `input_fingerpr
 `summary`, `findings`, `metrics`, ...); Markdown and HTML are views of it. Everything
 in a report derives from the partition's inputs and the cached analyst answer, never
 from the clock, so re-rendering a partition gives the same bytes.
+
+Text in a report comes from untrusted data (log lines, customer notes, file names) and
+from the LLM. Every view is neutralised here, once (docs/hostile-text.md): terminal and
+layout controls become visible escapes (`neutral_text`), CSV cells cannot start a
+spreadsheet formula (`csv_cell`), and the JSON keeps the exact text with those
+characters escaped as `\\uXXXX`.
 """
 
 from __future__ import annotations
 
 import base64
+import csv
+import io
 import json
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +57,13 @@ class Attachment:
     content_type: str
     data: bytes
 
+    def __post_init__(self) -> None:
+        """A text attachment (CSV, ...) carries no control character, whoever made it."""
+        object.__setattr__(self, "filename", neutral_text(self.filename))
+        if self.content_type.startswith("text/"):
+            text = self.data.decode("utf-8", errors="replace")
+            object.__setattr__(self, "data", neutral_text(text).encode())
+
 
 @dataclass
 class Report:
@@ -74,7 +91,8 @@ class Report:
         record = asdict(self)
         for view_only in ("tables", "images", "attachments"):
             record.pop(view_only)
-        return json.dumps(record, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+        text = json.dumps(record, indent=2, ensure_ascii=False, allow_nan=False)
+        return json_escaped(text) + "\n"
 
     def to_markdown(self) -> str:
         lines = [f"# {md_text(self.title)}", ""]
@@ -107,13 +125,13 @@ class Report:
             f" · inputs `{self.input_fingerprint[:16]}`",
             "",
         ]
-        return "\n".join(lines)
+        return neutral_text("\n".join(lines))
 
     def to_html(self, image_urls: list[str] | None = None) -> str:
         """The HTML view; images as data URIs unless `image_urls` (e.g. `cid:` for email)."""
         urls = image_urls if image_urls is not None else [i.data_uri() for i in self.images]
         images = list(zip(self.images, urls, strict=True))
-        return _HTML.render(report=self, images=images, format_cell=format_cell)
+        return neutral_text(_HTML.render(report=self, images=images, format_cell=format_cell))
 
     def paths(self, root: Path) -> dict[str, Path]:
         folder = root / self.analysis
@@ -142,6 +160,56 @@ def format_cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:,.4f}" if abs(value) < 10 else f"{value:,.2f}"
     return str(value)
+
+
+# Characters no view shows raw: C0 controls but tab and newline, DEL, C1 controls, the
+# line and paragraph separators, the bidi embeddings, overrides and isolates ("Trojan
+# Source"), and lone surrogates (undecodable bytes smuggled through a str).
+_HOSTILE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
+# Of those, what json.dumps(ensure_ascii=False) leaves raw: it escapes C0 itself.
+_JSON_RAW = re.compile(r"[\x7f-\x9f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def _escape(match: re.Match) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def neutral_text(value: Any) -> str:
+    """The text with every hostile character as a visible escape (ESC → `\\x1b`, RLO →
+    `\\u202e`), the notation the log reader uses for undecodable bytes; CRLF becomes LF."""
+    text = str(value)
+    if not _HOSTILE.search(text):
+        return text
+    return _HOSTILE.sub(_escape, text.replace("\r\n", "\n"))
+
+
+def json_escaped(text: str) -> str:
+    """JSON text with the characters json.dumps leaves raw written as `\\uXXXX`: the same
+    value once parsed, but nothing a terminal or a line-based tool would act on."""
+    return _JSON_RAW.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+# What makes a spreadsheet read a cell as a formula (OWASP "CSV injection"), the
+# full-width forms included: some spreadsheet locales convert them.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+
+def csv_cell(value: Any) -> Any:
+    """A CSV cell from data: text that would start a formula gets a leading `'`; numbers
+    stay numbers."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def csv_bytes(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> bytes:
+    """A CSV file (UTF-8, LF) whose cells are safe to open in a spreadsheet."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([csv_cell(c) for c in header])
+    writer.writerows([csv_cell(v) for v in row] for row in rows)
+    return buffer.getvalue().encode()
 
 
 _MD_SPECIAL = str.maketrans(
