@@ -208,6 +208,13 @@ def test_the_audit_finds_the_known_gaps_and_failures(
     assert gaps.passed is False
     assert gaps.metadata["gaps"].value == 3 + 1 + sum(due.values())
     assert "27 of 800 scheduled windows produced their report" in record["summary"]
+    # No log file: the log half of the audit is unknown (a failing error check), not clean.
+    assert metrics["log_scan"]["verdict"] == "unknown"
+    assert metrics["log_scan"]["reasons"] == ["no log file found"]
+    [logs_read] = [
+        c for c in result.get_asset_check_evaluations() if c.check_name.startswith("logs")
+    ]
+    assert logs_read.passed is False
 
     # Re-audited later, after another run of a missing day: history after the month's end
     # does not count, so the report is the same, byte for byte.

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_to_bytes
 
 import numpy as np
 import pyarrow as pa
@@ -276,8 +276,72 @@ def redact(text: str) -> str:
 
 def display_path(path: str) -> str:
     """A logged path as the report shows it: decoded, redacted, bounded."""
-    shown = redact(unquote(path))
-    return shown if len(shown) <= PATH_CHARS else shown[:PATH_CHARS] + "…"
+    return _bounded(redact(unquote(path)))
+
+
+def _bounded(text: str) -> str:
+    return text if len(text) <= PATH_CHARS else text[:PATH_CHARS] + "…"
+
+
+ABSOLUTE_FORM = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
+IIS_UNICODE = re.compile(r"%u([0-9A-Fa-f]{4})")
+OVERLONG = re.compile(rb"[\xc0\xc1][\x80-\xbf]")
+DECODE_ROUNDS = 3
+# A path the raw match could miss: encoded, backslashed, with ;params, dot segments,
+# repeated slashes, or in absolute form. Only these go through `normalized_path`. RE2.
+EVASION_HINT = r"^[^?#]*(?:%|\\|;|/\.|//)|^[A-Za-z][A-Za-z0-9+.-]*://"
+
+
+def _percent_decoded(text: str) -> str:
+    """One round of URL-decoding: %XX, IIS %uXXXX, and overlong UTF-8 of ASCII
+    (%c0%ae is '.'), which old servers accepted; other invalid UTF-8 becomes U+FFFD."""
+    text = IIS_UNICODE.sub(lambda m: chr(int(m.group(1), 16)), text)
+    raw = unquote_to_bytes(text)
+    raw = OVERLONG.sub(lambda m: bytes([((m.group()[0] & 0x1F) << 6) | (m.group()[1] & 0x3F)]), raw)
+    return raw.decode("utf-8", errors="replace")
+
+
+def _without_dot_segments(segments: list[str]) -> list[str]:
+    """RFC 3986 remove_dot_segments on a split path; `..` never climbs above the root."""
+    kept: list[str] = []
+    for segment in segments:
+        if segment == "..":
+            if kept:
+                kept.pop()
+        elif segment not in (".", ""):
+            kept.append(segment)
+    return kept
+
+
+def normalized_path(target: str) -> str:
+    """The path a server would serve for this request-target, as OWASP CRS transforms it
+    before matching: absolute form to path, query dropped, URL-decoded until stable
+    (double encoding), NULs removed, backslashes as slashes, `;params` stripped, `//`
+    collapsed, dot segments resolved, lower-cased."""
+    path = ABSOLUTE_FORM.sub("", target)
+    path = re.split(r"[?#]", path, maxsplit=1)[0]
+    for _ in range(DECODE_ROUNDS):
+        decoded = _percent_decoded(path)
+        if decoded == path:
+            break
+        path = decoded
+    path = path.replace("\0", "").replace("\\", "/")
+    segments = [segment.split(";", 1)[0] for segment in path.split("/")]
+    kept = _without_dot_segments(segments)
+    trailing = "/" if kept and segments[-1] in ("", ".", "..") else ""
+    return ("/" + "/".join(kept) + trailing).lower()
+
+
+def client_address(client: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The client as an address: `[v6]` brackets and a `%zone` dropped, an IPv4-mapped
+    IPv6 address (`::ffff:10.1.2.3`) as its IPv4 address; None when not an IP."""
+    text = client.strip().removeprefix("[").removesuffix("]").split("%", 1)[0]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    mapped = getattr(address, "ipv4_mapped", None)
+    return mapped or address
 
 
 def parse_allowlist(text: str | None) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -314,9 +378,15 @@ class PolicyConfig:
     burst_seconds: int = 300
 
     def sensitive_pattern(self) -> str:
-        """RE2: a path that is the prefix or continues it with / ? ; . (any case, any //)."""
+        """RE2 and Python: a path that is the prefix or continues it with / ? ; . (any
+        case, any //)."""
         names = "|".join(re.escape(p.lstrip("/")) for p in self.sensitive_prefixes)
         return rf"(?i)^/+(?:{names})(?:[/?;.#]|$)"
+
+    def sensitive(self, target: str) -> str | None:
+        """The normalised path when the request-target reaches a sensitive prefix."""
+        path = normalized_path(target)
+        return path if re.search(self.sensitive_pattern(), path) else None
 
 
 class _Group:
@@ -325,6 +395,7 @@ class _Group:
     def __init__(self) -> None:
         self.count, self.first, self.last = 0, None, None
         self.samples: list[str] = []
+        self.matched: str | None = None  # the normalised path a sensitive-path rule matched
 
     def add(self, time: int, where: str) -> None:
         self.count += 1
@@ -341,6 +412,7 @@ class PolicyScan:
     def __init__(self, config: PolicyConfig):
         self.config = config
         self.lines = 0
+        self.lines_per_file: dict[str, int] = defaultdict(int)
         self._allowed: dict[str, bool] = {}
         self._groups: dict[tuple[str, str, str], _Group] = defaultdict(_Group)
         self._denials: dict[str, list[tuple[int, str]]] = defaultdict(list)
@@ -348,34 +420,37 @@ class PolicyScan:
     def allowed(self, client: str) -> bool:
         """Whether the client is inside the allow-list; a non-IP client never is."""
         if client not in self._allowed:
-            try:
-                address = ipaddress.ip_address(client)
-            except ValueError:
-                self._allowed[client] = False
-            else:
-                self._allowed[client] = any(address in n for n in self.config.allowlist)
+            address = client_address(client)
+            self._allowed[client] = address is not None and any(
+                address in network for network in self.config.allowlist
+            )
         return self._allowed[client]
 
     def add(self, chunk: pa.Table) -> None:
         self.lines += chunk.num_rows
         if chunk.num_rows == 0:
             return
+        for counted in pc.value_counts(chunk.column("file")).to_pylist():
+            self.lines_per_file[counted["values"]] += counted["counts"]
         path = pc.fill_null(chunk.column("path"), "")
         status = chunk.column("status")
         reached = pc.and_(pc.greater_equal(status, 200), pc.less(status, 400))
-        pattern = self.config.sensitive_pattern()
-        sensitive = pc.and_(pc.match_substring_regex(path, pattern), reached)
-        for row in chunk.filter(sensitive).to_pylist():
-            if not self.allowed(row["client"]):
-                self._hit("sensitive-path", row, display_path(row["path"]))
+        raw_match = pc.match_substring_regex(path, self.config.sensitive_pattern())
+        candidate = pc.or_(raw_match, pc.match_substring_regex(path, EVASION_HINT))
+        for row in chunk.filter(pc.and_(candidate, reached)).to_pylist():
+            matched = self.config.sensitive(row["path"])
+            if matched and not self.allowed(row["client"]):
+                self._hit("sensitive-path", row, display_path(row["path"]), matched)
         for row in chunk.filter(pc.match_substring_regex(path, PII_HINT)).to_pylist():
             self._pii(row)
         denied = chunk.filter(pc.is_in(status, pa.array(BURST_STATUSES, pa.int16())))
         for row in denied.select(["client", "time", "file", "line"]).to_pylist():
             self._denials[row["client"]].append((row["time"], _where(row)))
 
-    def _hit(self, rule: str, row: dict, shown: str) -> None:
-        self._groups[rule, row["client"], shown].add(row["time"], _where(row))
+    def _hit(self, rule: str, row: dict, shown: str, matched: str | None = None) -> None:
+        group = self._groups[rule, row["client"], shown]
+        group.add(row["time"], _where(row))
+        group.matched = matched
 
     def _pii(self, row: dict) -> None:
         decoded = unquote(row["path"])
@@ -409,6 +484,7 @@ def _finding(rule: str, client: str, path: str, group: _Group) -> dict[str, Any]
         "last": _iso(group.last),
         "count": group.count,
         "evidence": group.samples,
+        **({"normalized": _bounded(redact(group.matched))} if group.matched else {}),
     }
 
 
@@ -441,3 +517,45 @@ def _merged(starts: np.ndarray, k: int) -> list[tuple[int, int]]:
         else:
             ranges.append((start, start + k))
     return ranges
+
+
+# ------------------------------------------------------------------------- log coverage
+
+MOSTLY_UNREADABLE = 0.5  # more than this share of a month's lines skipped: verdict unknown
+
+
+def log_coverage(
+    per_file: dict[str, dict[str, int]], in_month: dict[str, int], problem: str | None = None
+) -> dict[str, Any]:
+    """What the scan read, per file, and whether it can vouch for the month.
+
+    A file counts for the month when some of its lines fall in it, or when nothing of it
+    could be placed in time (no line parsed, or it broke off): its unread lines may be the
+    month's. The verdict is `unknown`, with its reasons, when the folder could not be
+    read, holds no file, no line falls in the month, a counted file broke off, or most
+    counted lines were skipped; otherwise `ok`."""
+    files = [
+        {
+            "file": name,
+            **{k: counts.get(k, 0) for k in ("lines", "parsed", "skipped")},
+            "in_month": in_month.get(name, 0),
+            "broke_off": bool(counts.get("broke_off")),
+        }
+        for name, counts in sorted(per_file.items())
+    ]
+    for f in files:
+        f["counted"] = f["in_month"] > 0 or f["parsed"] == 0 or f["broke_off"]
+    counted = [f for f in files if f["counted"]]
+    totals = {k: sum(f[k] for f in counted) for k in ("lines", "parsed", "skipped", "in_month")}
+    reasons = [problem] if problem else []
+    if not problem and not files:
+        reasons.append("no log file found")
+    elif files and totals["in_month"] == 0:
+        read = sum(f["lines"] for f in files)
+        reasons.append(f"none of the {read} line(s) read from {len(files)} file(s) is in the month")
+    broken = [f["file"] for f in counted if f["broke_off"]]
+    if broken:
+        reasons.append(f"{len(broken)} file(s) broke off: {', '.join(broken[:SAMPLES])}")
+    if totals["lines"] and totals["skipped"] > MOSTLY_UNREADABLE * totals["lines"]:
+        reasons.append(f"{totals['skipped']} of {totals['lines']} line(s) unreadable")
+    return {"verdict": "unknown" if reasons else "ok", "reasons": reasons, **totals, "files": files}

@@ -14,7 +14,6 @@ from dagster import (
     AssetRecordsFilter,
     BackfillPolicy,
     DagsterInstance,
-    Failure,
     MaterializeResult,
     MetadataValue,
     PartitionKeyRange,
@@ -37,6 +36,7 @@ from agent_reports.compliance.analysis import (
     coverage,
     deliveries,
     delivery_counts,
+    log_coverage,
     parse_allowlist,
     parse_prefixes,
     problem_windows,
@@ -211,29 +211,37 @@ def compliance_log_findings(
     context: AssetExecutionContext, source: DataSourceResource
 ) -> dict[str, dict]:
     """Per month: policy findings over the access logs (sensitive paths from outside the
-    allow-list, 401/403 bursts, personal data in URLs), each with file:line evidence."""
+    allow-list, 401/403 bursts, personal data in URLs), each with file:line evidence, and
+    what was read: lines per file, parsed and skipped, and the `ok` / `unknown` verdict.
+    Logs that cannot be read give `unknown` (and a failing check), not a failed run: the
+    history half of the audit still stands."""
     config = policy_config()
     values = {}
     for key, month in _months(context).items():
-        scan, stats = PolicyScan(config), ReadStats()
+        scan, stats, problem = PolicyScan(config), ReadStats(), None
         try:
             for chunk in month_records(source.get(), month.start, month.end, stats):
                 scan.add(chunk)
         except InputError as error:
-            raise Failure(
-                description=f"Bad access-log input: {error}",
-                metadata={"file": error.path, "line": error.line or 0},
-                allow_retries=False,
-            ) from None
+            problem = f"access logs unreadable: {error}"
+        scanned = log_coverage(stats.per_file, scan.lines_per_file, problem)
         findings = scan.findings()
         values[key] = {
             "log_lines": scan.lines,
             "log_files": stats.files,
             "unreadable": stats.unreadable or [],
+            "log_scan": scanned,
             "policy_findings": findings,
         }
         context.add_asset_metadata(
-            {"log_lines": scan.lines, "policy_findings": len(findings)}, partition_key=key
+            {
+                "log_verdict": scanned["verdict"],
+                "log_lines": scan.lines,
+                "log_lines_read": stats.lines,
+                "log_lines_skipped": stats.skipped,
+                "policy_findings": len(findings),
+            },
+            partition_key=key,
         )
     return values
 
@@ -291,6 +299,7 @@ DELIVERY_COLUMNS = [
     "error",
 ]
 FINDING_KEYS = ("id", "rule", "client", "path", "first", "last", "count")
+LOG_FILE_KEYS = ("file", "lines", "parsed", "skipped", "in_month", "counted", "broke_off")
 COVERAGE_COLUMNS = ["windows", "ok", "late", "missing", "failed", "degraded", "re-run", "retried"]
 
 
@@ -336,12 +345,33 @@ def _tables(audit: dict) -> list[Table]:
             ["id", "rule", "client", "path", "first", "last", "count", "evidence (file:line)"],
             findings,
         ),
+        Table(
+            "Access-log files read",
+            ["file", "lines", "parsed", "skipped", "in month", "counted", "broke off"],
+            [[f[k] for k in LOG_FILE_KEYS] for f in audit["log_scan"]["files"]],
+        ),
     ]
+
+
+def log_scan_note(scan: dict) -> str:
+    """The first-screen line on what the log scan read, and whether it vouches for the month."""
+    counts = (
+        f"{scan['lines']} line(s) counted in {sum(f['counted'] for f in scan['files'])} "
+        f"file(s): {scan['parsed']} parsed, {scan['skipped']} skipped, "
+        f"{scan['in_month']} in the month"
+    )
+    if scan["verdict"] == "unknown":
+        return (
+            f"Access-log scan: verdict UNKNOWN ({'; '.join(scan['reasons'])}). {counts}. "
+            "Policy findings cannot be ruled out for this month."
+        )
+    return f"Access-log scan: {counts}."
 
 
 def build_compliance_report(key: str, audit: dict, answer: AnalystAnswer) -> Report:
     window = compliance_partitions.time_window_for_partition_key(key)
     notes = [
+        log_scan_note(audit["log_scan"]),
         "Figures, classifications and evidence come from the instance's run history, the "
         "delivery ledger and the access logs, not from the LLM. A window is audited in the "
         "month its deadline falls in; history after the month's end is not counted.",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
@@ -24,14 +24,27 @@ from agent_reports.core.sources import DemoSource, FileSource, InputError, Sourc
 
 @dataclass
 class ReadStats:
-    """What the reader saw, for the report: files, lines and the files that broke off."""
+    """What the reader saw, for the report: files, lines (= parsed + skipped), the same
+    per file, and the files that broke off."""
 
     files: int = 0
     lines: int = 0
+    parsed: int = 0
+    skipped: int = 0
+    per_file: dict[str, dict[str, int]] = field(default_factory=dict)
     unreadable: list[str] | None = None
+
+    def count(self, name: str, parsed: int, skipped: int) -> None:
+        self.parsed, self.skipped = self.parsed + parsed, self.skipped + skipped
+        self.lines += parsed + skipped
+        mine = self.per_file.setdefault(name, {"lines": 0, "parsed": 0, "skipped": 0})
+        mine["lines"] += parsed + skipped
+        mine["parsed"] += parsed
+        mine["skipped"] += skipped
 
     def broke_off(self, name: str, line: int, error: Exception) -> None:
         self.unreadable = [*(self.unreadable or []), f"{name} after line {line} ({error})"]
+        self.per_file[name]["broke_off"] = 1
 
 
 def numbered_blocks(
@@ -44,7 +57,8 @@ def numbered_blocks(
         records, good, _lines = parse_block(block)
         numbers = np.flatnonzero(good) + next_line
         next_line += len(good)
-        stats.lines += len(good)
+        parsed = int(good.sum())
+        stats.count(name, parsed, len(good) - parsed)
         times = records.column("time")
         keep = pc.and_(pc.greater_equal(times, lo), pc.less(times, hi))
         kept = records.filter(keep)
@@ -63,6 +77,7 @@ def _file_records(
 ) -> Iterator[pa.Table]:
     for path in folder_files:
         stats.files += 1
+        stats.count(str(path), 0, 0)  # every file is listed, an empty one too
         before = stats.lines
         try:
             with open_log(path) as stream:
@@ -89,5 +104,5 @@ def month_records(
         stats.files += 1
         for chunk in source.access_logs(start, end):
             records = chunk.records
-            stats.lines += records.num_rows
+            stats.count(source.name, records.num_rows, chunk.malformed.num_rows)
             yield _with_origin(records, source.name, np.zeros(records.num_rows, np.int64))

@@ -11,7 +11,7 @@ from typing import Any
 
 from agent_reports.core.analyst import Finding, Narrative, check_narrative
 
-PROMPT_VERSION = "compliance-v1"
+PROMPT_VERSION = "compliance-v2"
 SCHEMA = Narrative
 PROMPT_ROWS = 40
 
@@ -22,7 +22,9 @@ due in the month and how many were on time, late, missing or failed, degraded (w
 the offline template because the LLM failed), re-run or retried; a sample of the problem
 windows; the counts of alerts and e-mails delivered or failed; and the access-log policy
 findings (sensitive paths reached from outside the allow-list, bursts of 401/403,
-personal data in URLs), already redacted. Write a summary of at most five sentences:
+personal data in URLs), already redacted; and what the log scan read, with its verdict:
+`unknown` means the logs could not be read, so findings cannot be ruled out (say so
+first, never report the month as clean). Write a summary of at most five sentences:
 state whether every window produced its report, name the analyses with gaps, and the
 most serious policy findings by id. Then up to six findings; each names in `subjects`
 the analyses, rules or finding ids (F1, F2, ...) it is about. Cite the figures exactly.
@@ -48,6 +50,9 @@ def prompt_data(audit: dict[str, Any]) -> dict[str, Any]:
             if d["status"] != "sent"
         ][:PROMPT_ROWS],
         "log_lines_in_month": audit["log_lines"],
+        "log_scan": {
+            k: audit["log_scan"][k] for k in ("verdict", "reasons", "lines", "parsed", "skipped")
+        },
         "policy_findings": [
             {k: f[k] for k in ("id", "rule", "client", "path", "count", "first", "last")}
             for f in findings[:PROMPT_ROWS]
@@ -75,6 +80,21 @@ def _gaps(coverage: dict[str, dict[str, int]]) -> list[str]:
     return gaps
 
 
+def _log_sentence(data: dict[str, Any]) -> str:
+    scan = data["log_scan"]
+    if scan["verdict"] == "unknown":
+        return (
+            f" The access-log scan is UNKNOWN ({'; '.join(scan['reasons'][:3])}): policy "
+            f"findings cannot be ruled out; {data['policy_findings_total']} found in what "
+            "was read."
+        )
+    return (
+        f" The access-log scan of {data['log_lines_in_month']} lines in the month"
+        f" ({scan['skipped']} of {scan['lines']} skipped as unreadable) found"
+        f" {data['policy_findings_total']} policy finding(s)."
+    )
+
+
 def offline_narrative(data: dict[str, Any]) -> Narrative:
     """A deterministic summary from the same figures, for when no LLM is configured."""
     coverage = data["coverage"]
@@ -87,8 +107,7 @@ def offline_narrative(data: dict[str, Any]) -> Narrative:
         f"In {data['month']}, {produced} of {due} scheduled windows produced their report"
         + (f"; exceptions: {'; '.join(gaps)}." if gaps else ", all on time.")
         + f" {sent} alert(s) and e-mail(s) went out, {failed} failed."
-        f" The access-log scan of {data['log_lines_in_month']} lines found"
-        f" {data['policy_findings_total']} policy finding(s)."
+        + _log_sentence(data)
     )
     findings = [
         Finding(
