@@ -36,6 +36,7 @@ from agent_reports.compliance.analysis import (
     normalized_path,
 )
 from agent_reports.core.access_logs import RECORD_SCHEMA
+from agent_reports.core.access_logs_demo import hour_lines
 from agent_reports.core.customers import demo_customers
 from agent_reports.core.delivery import DeliveryKey, EmailSender
 from agent_reports.core.report_email import report_email
@@ -272,6 +273,29 @@ def test_an_unreadable_month_is_unknown_never_clean(tmp_path, monkeypatch, run_p
         assert "folder not found" in scan["reasons"][0] and str(logs) in scan["reasons"][0]
     # The coverage half of the audit still stands.
     assert record["metrics"]["coverage"]["market"]["windows"] == 31
+
+
+def test_hostile_paths_in_the_anomaly_report_are_inert(tmp_path, monkeypatch, run_partition):
+    """The hour's top paths table carries the logged path: a flood of one hostile path."""
+    key, hour = "2024-03-05-14:00", int(datetime(2024, 3, 5, 14, tzinfo=UTC).timestamp()) // 3600
+    logs = tmp_path / "data" / "logs"
+    logs.mkdir(parents=True)
+    baseline = b"".join(hour_lines(7, hour - 24 * d) for d in range(7, 0, -1))
+    flood = _line(OUTSIDE, datetime(2024, 3, 5, 14, 10, tzinfo=UTC), ENCODED_HOSTILE + RAW_HOSTILE)
+    (logs / "access.log").write_bytes(
+        baseline + hour_lines(7, hour) + (flood + "\n").encode() * 600
+    )
+    monkeypatch.setenv("AGENT_REPORTS_SOURCE", "files")
+    monkeypatch.setenv("AGENT_REPORTS_DATA_DIR", str(tmp_path / "data"))
+    result = run_partition("anomalies_job", key)
+    folder = tmp_path / "reports" / "anomalies"
+    raw_json = (folder / f"{key}.json").read_text()
+    assert "\\u001b]0;owned\\u0007\\u0000</data>" in raw_json  # the raw bytes, JSON-escaped
+    outputs = {ext: (folder / f"{key}.{ext}").read_text() for ext in ("json", "md", "html")}
+    outputs["preview"] = _materialization(result, "anomalies_report").metadata["preview"].value
+    for name, text in outputs.items():
+        _no_raw_hostile(text, name)
+    assert r"\x1b]0;owned\x07\x00&lt;/data&gt;" in outputs["html"]
 
 
 # ------------------------------------------------------------ churn: report, CSV and e-mail
