@@ -216,3 +216,30 @@ def test_a_wider_allow_list_and_own_prefixes_apply():
     assert [(f["client"], f["path"]) for f in scan.findings()] == [
         ("203.0.113.9", "/internal/debug")
     ]
+
+
+EVASIONS = ["/%2eenv", "/%61dmin/", "/static/../admin/", "/./.git/config"]
+
+
+def test_the_scan_normalises_evasions_and_spares_mapped_internal_clients():
+    """Paths are matched as a WAF normalises them; `::ffff:10.1.2.3` is 10.1.2.3."""
+    outside, when = "198.51.100.7", "2024-03-05T10:00:0{}"
+    rows = [(outside, when.format(n), path, 200) for n, path in enumerate(EVASIONS)]
+    rows += [
+        ("::ffff:10.1.2.3", when.format(4), "/admin/users", 200),  # internal, IPv4-mapped
+        ("::ffff:203.0.113.5", when.format(5), "/%2Egit/config", 200),  # external, mapped
+        (outside, when.format(6), "/static/../admin/", 404),  # not reached
+        (outside, when.format(7), "/static/app.js?v=%2e%2e", 200),  # encoded query only
+        (outside, when.format(8), "/admin/../index.html", 200),  # serves /index.html
+    ]
+    scan = PolicyScan(PolicyConfig())
+    scan.add(_records(rows))
+    found = [(f["client"], f["path"], f["normalized"], f["evidence"]) for f in scan.findings()]
+    assert found == [
+        (outside, "/.env", "/.env", ["f.log:1"]),
+        (outside, "/admin/", "/admin/", ["f.log:2"]),
+        (outside, "/static/../admin/", "/admin/", ["f.log:3"]),
+        (outside, "/./.git/config", "/.git/config", ["f.log:4"]),
+        ("::ffff:203.0.113.5", "/.git/config", "/.git/config", ["f.log:6"]),
+    ]
+    assert scan.lines_per_file == {"f.log": len(rows)}

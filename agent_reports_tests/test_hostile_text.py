@@ -23,19 +23,16 @@ from email.parser import BytesParser
 from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
 import pytest
 from dagster import AssetCheckSeverity
 
 from agent_reports.churn.analysis import customers_as_of
 from agent_reports.compliance.analysis import (
     PolicyConfig,
-    PolicyScan,
     client_address,
     log_coverage,
     normalized_path,
 )
-from agent_reports.core.access_logs import RECORD_SCHEMA
 from agent_reports.core.access_logs_demo import hour_lines
 from agent_reports.core.customers import demo_customers
 from agent_reports.core.delivery import DeliveryKey, EmailSender
@@ -126,41 +123,6 @@ def test_ipv4_mapped_clients_are_their_ipv4_address():
     assert str(client_address("[2001:db8::1]")) == "2001:db8::1"
     assert str(client_address("fe80::1%eth0")) == "fe80::1"
     assert client_address("proxy.internal") is None
-
-
-def _records(rows: list[tuple[str, str, int]]) -> pa.Table:
-    """(client, path, status) rows, a second apart, with file and line columns."""
-    start = int(datetime(2024, 3, 5, 10, tzinfo=UTC).timestamp())
-    columns: dict[str, list] = {name: [] for name in RECORD_SCHEMA.names}
-    for n, (client, path, status) in enumerate(rows):
-        values = {"time": start + n, "client": client, "method": "GET", "path": path}
-        values |= {"status": status, "bytes": 1}
-        for name in RECORD_SCHEMA.names:
-            columns[name].append(values.get(name))
-    table = pa.Table.from_pydict(columns, schema=RECORD_SCHEMA)
-    table = table.append_column("file", pa.array(["f.log"] * len(rows)))
-    return table.append_column("line", pa.array(range(1, len(rows) + 1), pa.int64()))
-
-
-def test_the_scan_finds_evasions_and_spares_mapped_internal_clients():
-    rows = [(OUTSIDE, path, 200) for path in EVASIONS]
-    rows += [
-        ("::ffff:10.1.2.3", "/admin/users", 200),  # internal, written IPv4-mapped
-        ("::ffff:203.0.113.5", "/%2Egit/config", 200),  # external, mapped: still flagged
-        (OUTSIDE, "/static/../admin/", 404),  # not reached
-        (OUTSIDE, "/static/app.js?v=%2e%2e", 200),  # encoding in the query only
-    ]
-    scan = PolicyScan(PolicyConfig())
-    scan.add(_records(rows))
-    found = [(f["client"], f["path"], f["normalized"], f["evidence"]) for f in scan.findings()]
-    assert found == [
-        (OUTSIDE, "/.env", "/.env", ["f.log:1"]),
-        (OUTSIDE, "/admin/", "/admin/", ["f.log:2"]),
-        (OUTSIDE, "/static/../admin/", "/admin/", ["f.log:3"]),
-        (OUTSIDE, "/./.git/config", "/.git/config", ["f.log:4"]),
-        ("::ffff:203.0.113.5", "/.git/config", "/.git/config", ["f.log:6"]),
-    ]
-    assert scan.lines_per_file == {"f.log": len(rows)}
 
 
 def test_log_coverage_verdicts():
