@@ -16,6 +16,7 @@ when the audit ran, and a re-run of the audit reads the same history.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections import defaultdict
@@ -287,6 +288,7 @@ ABSOLUTE_FORM = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
 IIS_UNICODE = re.compile(r"%u([0-9A-Fa-f]{4})")
 OVERLONG = re.compile(rb"[\xc0\xc1][\x80-\xbf]")
 DECODE_ROUNDS = 3
+EVIDENCE_COLUMNS = ["client", "path", "time", "file", "line"]
 # A path the raw match could miss: encoded, backslashed, with ;params, dot segments,
 # repeated slashes, or in absolute form. Only these go through `normalized_path`. RE2.
 EVASION_HINT = r"^[^?#]*(?:%|\\|;|/\.|//)|^[A-Za-z][A-Za-z0-9+.-]*://"
@@ -321,6 +323,8 @@ def normalized_path(target: str) -> str:
     path = ABSOLUTE_FORM.sub("", target)
     path = re.split(r"[?#]", path, maxsplit=1)[0]
     for _ in range(DECODE_ROUNDS):
+        if "%" not in path:
+            break
         decoded = _percent_decoded(path)
         if decoded == path:
             break
@@ -383,10 +387,14 @@ class PolicyConfig:
         names = "|".join(re.escape(p.lstrip("/")) for p in self.sensitive_prefixes)
         return rf"(?i)^/+(?:{names})(?:[/?;.#]|$)"
 
+    @functools.cached_property
+    def _sensitive_re(self) -> re.Pattern:
+        return re.compile(self.sensitive_pattern())
+
     def sensitive(self, target: str) -> str | None:
         """The normalised path when the request-target reaches a sensitive prefix."""
         path = normalized_path(target)
-        return path if re.search(self.sensitive_pattern(), path) else None
+        return path if self._sensitive_re.search(path) else None
 
 
 class _Group:
@@ -437,7 +445,8 @@ class PolicyScan:
         reached = pc.and_(pc.greater_equal(status, 200), pc.less(status, 400))
         raw_match = pc.match_substring_regex(path, self.config.sensitive_pattern())
         candidate = pc.or_(raw_match, pc.match_substring_regex(path, EVASION_HINT))
-        for row in chunk.filter(pc.and_(candidate, reached)).to_pylist():
+        rows = chunk.filter(pc.and_(candidate, reached)).select(EVIDENCE_COLUMNS)
+        for row in rows.to_pylist():
             matched = self.config.sensitive(row["path"])
             if matched and not self.allowed(row["client"]):
                 self._hit("sensitive-path", row, display_path(row["path"]), matched)
