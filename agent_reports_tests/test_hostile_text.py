@@ -100,6 +100,8 @@ def test_the_paths_a_waf_would_normalise():
         "/%61dmin/": "/admin/",
         "/static/../admin/": "/admin/",
         "/./.git/config": "/.git/config",
+        "/static%2f%2e%2e%2fadmin": "/admin",  # encoded slashes and dots
+        "/static%5c..%5cadmin%5c": "/admin/",  # encoded backslashes
         "/%252egit/HEAD": "/.git/head",  # double encoding
         "/%c0%ae%c0%ae/.git": "/.git",  # overlong UTF-8 dots
         "/%u002eenv": "/.env",  # IIS %u
