@@ -243,3 +243,23 @@ def test_the_scan_normalises_evasions_and_spares_mapped_internal_clients():
         ("::ffff:203.0.113.5", "/.git/config", "/.git/config", ["f.log:6"]),
     ]
     assert scan.lines_per_file == {"f.log": len(rows)}
+
+
+def test_a_multi_segment_prefix_is_found_however_its_slashes_are_written():
+    config = PolicyConfig(sensitive_prefixes=("/internal/debug",))
+    written = [
+        "/internal\\debug",
+        "/internal//debug/",
+        "/INTERNAL;v=1/./debug",
+        "/internal%2fdebug",
+    ]
+    rows = [("198.51.100.7", f"2024-03-05T10:00:0{n}", p, 200) for n, p in enumerate(written)]
+    rows.append(("198.51.100.7", "2024-03-05T10:00:09", "/internal/debugger", 200))  # another
+    scan = PolicyScan(config)
+    scan.add(_records(rows))
+    assert [f["normalized"] for f in scan.findings()] == [
+        "/internal/debug",
+        "/internal/debug/",
+        "/internal/debug",
+        "/internal/debug",
+    ]

@@ -289,9 +289,6 @@ IIS_UNICODE = re.compile(r"%u([0-9A-Fa-f]{4})")
 OVERLONG = re.compile(rb"[\xc0\xc1][\x80-\xbf]")
 DECODE_ROUNDS = 3
 EVIDENCE_COLUMNS = ["client", "path", "time", "file", "line"]
-# A path the raw match could miss: encoded, backslashed, with ;params, dot segments,
-# repeated slashes, or in absolute form. Only these go through `normalized_path`. RE2.
-EVASION_HINT = r"^[^?#]*(?:%|\\|;|/\.|//)|^[A-Za-z][A-Za-z0-9+.-]*://"
 
 
 def _percent_decoded(text: str) -> str:
@@ -387,6 +384,15 @@ class PolicyConfig:
         names = "|".join(re.escape(p.lstrip("/")) for p in self.sensitive_prefixes)
         return rf"(?i)^/+(?:{names})(?:[/?;.#]|$)"
 
+    def candidate_pattern(self) -> str:
+        """RE2: a path that could normalise into a sensitive one. Without a `%` or a NUL
+        before the query, normalising (dot segments, `//`, `;params`, backslashes, case,
+        absolute form) cannot create the letters of a prefix's first segment: they are in
+        the raw text. Only these paths reach `normalized_path`."""
+        firsts = {p.strip("/").split("/")[0] for p in self.sensitive_prefixes}
+        names = "|".join(re.escape(name) for name in sorted(firsts))
+        return rf"(?i)^[^?#]*(?:%|\x00|{names})"
+
     @functools.cached_property
     def _sensitive_re(self) -> re.Pattern:
         return re.compile(self.sensitive_pattern())
@@ -443,18 +449,27 @@ class PolicyScan:
         path = pc.fill_null(chunk.column("path"), "")
         status = chunk.column("status")
         reached = pc.and_(pc.greater_equal(status, 200), pc.less(status, 400))
-        raw_match = pc.match_substring_regex(path, self.config.sensitive_pattern())
-        candidate = pc.or_(raw_match, pc.match_substring_regex(path, EVASION_HINT))
-        rows = chunk.filter(pc.and_(candidate, reached)).select(EVIDENCE_COLUMNS)
-        for row in rows.to_pylist():
-            matched = self.config.sensitive(row["path"])
-            if matched and not self.allowed(row["client"]):
-                self._hit("sensitive-path", row, display_path(row["path"]), matched)
+        self._sensitive(chunk, path, reached)
         for row in chunk.filter(pc.match_substring_regex(path, PII_HINT)).to_pylist():
             self._pii(row)
         denied = chunk.filter(pc.is_in(status, pa.array(BURST_STATUSES, pa.int16())))
         for row in denied.select(["client", "time", "file", "line"]).to_pylist():
             self._denials[row["client"]].append((row["time"], _where(row)))
+
+    def _sensitive(self, chunk: pa.Table, path: pa.ChunkedArray, reached: pa.Array) -> None:
+        """Sensitive-path hits among the answered requests: each distinct path that could
+        match, raw or once normalised, is normalised once per chunk."""
+        could = pc.and_(reached, pc.match_substring_regex(path, self.config.candidate_pattern()))
+        candidates = chunk.filter(could).select(EVIDENCE_COLUMNS)
+        paths = candidates.column("path")
+        matched = {p: m for p in pc.unique(paths).to_pylist() if (m := self.config.sensitive(p))}
+        if not matched:
+            return
+        hits = candidates.filter(pc.is_in(paths, pa.array(list(matched), pa.string())))
+        for row in hits.to_pylist():
+            if not self.allowed(row["client"]):
+                shown = display_path(row["path"])
+                self._hit("sensitive-path", row, shown, matched[row["path"]])
 
     def _hit(self, rule: str, row: dict, shown: str, matched: str | None = None) -> None:
         group = self._groups[rule, row["client"], shown]
