@@ -84,7 +84,7 @@ def report_metadata(report: Report, answer: AnalystAnswer, paths: dict[str, Path
         "generated_by": neutral_text(report.generated_by),
         "degraded": report.degraded,
         "input_fingerprint": report.input_fingerprint,
-        "prompt_version": neutral_text(report.prompt_version),
+        "prompt_version": report.prompt_version,
         "findings": len(report.findings),
         "llm_cache_hit": answer.cache_hit,
         "llm_requests": answer.usage.requests,
