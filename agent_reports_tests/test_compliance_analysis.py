@@ -242,7 +242,7 @@ def test_the_scan_normalises_evasions_and_spares_mapped_internal_clients():
         (outside, "/./.git/config", "/.git/config", ["f.log:4"]),
         ("::ffff:203.0.113.5", "/.git/config", "/.git/config", ["f.log:6"]),
     ]
-    assert scan.lines_per_file == {"f.log": len(rows)}
+    assert scan.lines == len(rows)
 
 
 def test_a_multi_segment_prefix_is_found_however_its_slashes_are_written():

@@ -128,25 +128,24 @@ def test_ipv4_mapped_clients_are_their_ipv4_address():
 
 
 def test_log_coverage_verdicts():
-    ok = log_coverage({"a.log": {"lines": 10, "parsed": 9, "skipped": 1}}, {"a.log": 9})
-    assert (ok["verdict"], ok["lines"], ok["skipped"], ok["in_month"]) == ("ok", 10, 1, 9)
-    february = {"feb.log": {"lines": 5, "parsed": 5, "skipped": 0}}
-    junk = {"junk.log": {"lines": 8, "parsed": 0, "skipped": 8}}
-    mostly = log_coverage(february | junk | ok_files(), {"a.log": 3})
+    ok = log_coverage(1, {"a.log": {"parsed": 9, "skipped": 1}}, [])
+    assert (ok["verdict"], ok["reasons"], ok["lines"], ok["skipped"]) == ("ok", [], 10, 1)
+    junk = {"junk.log": {"parsed": 0, "skipped": 8}, "a.log": {"parsed": 3, "skipped": 0}}
+    mostly = log_coverage(2, junk, [])
     assert mostly["verdict"] == "unknown" and mostly["reasons"] == ["8 of 11 line(s) unreadable"]
-    assert [f["counted"] for f in mostly["files"]] == [True, False, True]  # feb: not this month
-    assert log_coverage({}, {})["reasons"] == ["no log file found"]
-    assert log_coverage(february, {})["reasons"] == [
-        "none of the 5 line(s) read from 1 file(s) is in the month"
+    assert [f["file"] for f in mostly["files"]] == ["a.log", "junk.log"]
+    assert log_coverage(0, {}, [])["reasons"] == ["no log file found"]
+    february_only = {"feb.log": {"parsed": 0, "skipped": 0}}
+    assert log_coverage(1, february_only, [])["reasons"] == [
+        "no line of the month could be read from 1 file(s)"
     ]
-    broken = log_coverage({"b.gz": {"lines": 0, "parsed": 0, "skipped": 0, "broke_off": 1}}, {})
-    assert broken["verdict"] == "unknown" and "1 file(s) broke off: b.gz" in broken["reasons"]
-    missing = log_coverage({}, {}, "access logs unreadable: /d/logs: folder not found")
+    cut = ["b.gz after line 120 (Compressed file ended before the end-of-stream marker)"]
+    broken = log_coverage(1, {"b.gz": {"parsed": 119, "skipped": 1}}, cut)
+    assert broken["verdict"] == "unknown" and broken["reasons"] == [
+        f"1 file(s) broke off: {cut[0]}"
+    ]
+    missing = log_coverage(0, {}, [], "access logs unreadable: /d/logs: folder not found")
     assert missing["reasons"] == ["access logs unreadable: /d/logs: folder not found"]
-
-
-def ok_files() -> dict:
-    return {"a.log": {"lines": 3, "parsed": 3, "skipped": 0}}
 
 
 # ------------------------------------------------------- compliance: a real audit of the logs
@@ -198,7 +197,7 @@ def test_a_hostile_log_month_audits_with_inert_outputs(tmp_path, monkeypatch, ru
         assert "<script>" not in text and "</data>" not in text
     assert r"\x1b[31m\x07\x00\x9b\u202e\u2028" in html
     assert "&lt;/data&gt;&lt;script&gt;" in html
-    assert "28 line(s) counted in 1 file(s): 27 parsed, 1 skipped" in markdown
+    assert "28 line(s) of the month from 1 file(s): 27 parsed, 1 skipped" in markdown
 
 
 def _audit(tmp_path, monkeypatch, run_partition) -> tuple[dict, object]:

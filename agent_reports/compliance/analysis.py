@@ -426,7 +426,6 @@ class PolicyScan:
     def __init__(self, config: PolicyConfig):
         self.config = config
         self.lines = 0
-        self.lines_per_file: dict[str, int] = defaultdict(int)
         self._allowed: dict[str, bool] = {}
         self._groups: dict[tuple[str, str, str], _Group] = defaultdict(_Group)
         self._denials: dict[str, list[tuple[int, str]]] = defaultdict(list)
@@ -444,8 +443,6 @@ class PolicyScan:
         self.lines += chunk.num_rows
         if chunk.num_rows == 0:
             return
-        for counted in pc.value_counts(chunk.column("file")).to_pylist():
-            self.lines_per_file[counted["values"]] += counted["counts"]
         path = pc.fill_null(chunk.column("path"), "")
         status = chunk.column("status")
         reached = pc.and_(pc.greater_equal(status, 200), pc.less(status, 400))
@@ -549,37 +546,32 @@ MOSTLY_UNREADABLE = 0.5  # more than this share of a month's lines skipped: verd
 
 
 def log_coverage(
-    per_file: dict[str, dict[str, int]], in_month: dict[str, int], problem: str | None = None
+    files_read: int,
+    per_file: dict[str, dict[str, Any]],
+    unreadable: Sequence[str],
+    problem: str | None = None,
 ) -> dict[str, Any]:
-    """What the scan read, per file, and whether it can vouch for the month.
-
-    A file counts for the month when some of its lines fall in it, or when nothing of it
-    could be placed in time (no line parsed, or it broke off): its unread lines may be the
-    month's. The verdict is `unknown`, with its reasons, when the folder could not be
-    read, holds no file, no line falls in the month, a counted file broke off, or most
-    counted lines were skipped; otherwise `ok`."""
-    files = [
-        {
-            "file": name,
-            **{k: counts.get(k, 0) for k in ("lines", "parsed", "skipped")},
-            "in_month": in_month.get(name, 0),
-            "broke_off": bool(counts.get("broke_off")),
-        }
-        for name, counts in sorted(per_file.items())
-    ]
-    for f in files:
-        f["counted"] = f["in_month"] > 0 or f["parsed"] == 0 or f["broke_off"]
-    counted = [f for f in files if f["counted"]]
-    totals = {k: sum(f[k] for f in counted) for k in ("lines", "parsed", "skipped", "in_month")}
+    """What the scan read of the month from `files_read` files, per file (`parsed`,
+    `skipped`, ...: the reader's counts), and whether it vouches for the month. The
+    verdict is `unknown`, with its reasons, when the logs could not be read (`problem`),
+    no file or no line of the month was found, a file broke off, or most of the month's
+    lines were skipped; else `ok`."""
+    files = [{"file": name, **counts} for name, counts in sorted(per_file.items())]
+    parsed, skipped = (sum(f[k] for f in files) for k in ("parsed", "skipped"))
     reasons = [problem] if problem else []
-    if not problem and not files:
+    if not problem and not files_read:
         reasons.append("no log file found")
-    elif files and totals["in_month"] == 0:
-        read = sum(f["lines"] for f in files)
-        reasons.append(f"none of the {read} line(s) read from {len(files)} file(s) is in the month")
-    broken = [f["file"] for f in counted if f["broke_off"]]
-    if broken:
-        reasons.append(f"{len(broken)} file(s) broke off: {', '.join(broken[:SAMPLES])}")
-    if totals["lines"] and totals["skipped"] > MOSTLY_UNREADABLE * totals["lines"]:
-        reasons.append(f"{totals['skipped']} of {totals['lines']} line(s) unreadable")
-    return {"verdict": "unknown" if reasons else "ok", "reasons": reasons, **totals, "files": files}
+    elif not problem and not parsed:
+        reasons.append(f"no line of the month could be read from {files_read} file(s)")
+    if unreadable:
+        reasons.append(f"{len(unreadable)} file(s) broke off: {'; '.join(unreadable[:SAMPLES])}")
+    if skipped > MOSTLY_UNREADABLE * (parsed + skipped):
+        reasons.append(f"{skipped} of {parsed + skipped} line(s) unreadable")
+    return {
+        "verdict": "unknown" if reasons else "ok",
+        "reasons": reasons,
+        "lines": parsed + skipped,
+        "parsed": parsed,
+        "skipped": skipped,
+        "files": files,
+    }

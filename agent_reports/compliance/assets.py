@@ -6,6 +6,7 @@ single-run backfill) and returns `{partition_key: value}`. History is read throu
 instance's public API (materialisation records, run records) up to the month's end.
 """
 
+from dataclasses import asdict
 from datetime import datetime, timedelta
 
 from dagster import (
@@ -224,7 +225,8 @@ def compliance_log_findings(
                 scan.add(chunk)
         except InputError as error:
             problem = f"access logs unreadable: {error}"
-        scanned = log_coverage(stats.per_file, scan.lines_per_file, problem)
+        per_file = {name: asdict(counts) for name, counts in stats.per_file.items()}
+        scanned = log_coverage(stats.files, per_file, stats.unreadable or [], problem)
         findings = scan.findings()
         values[key] = {
             "log_lines": scan.lines,
@@ -299,7 +301,6 @@ DELIVERY_COLUMNS = [
     "error",
 ]
 FINDING_KEYS = ("id", "rule", "client", "path", "first", "last", "count")
-LOG_FILE_KEYS = ("file", "lines", "parsed", "skipped", "in_month", "counted", "broke_off")
 COVERAGE_COLUMNS = ["windows", "ok", "late", "missing", "failed", "degraded", "re-run", "retried"]
 
 
@@ -345,20 +346,25 @@ def _tables(audit: dict) -> list[Table]:
             ["id", "rule", "client", "path", "first", "last", "count", "evidence (file:line)"],
             findings,
         ),
-        Table(
-            "Access-log files read",
-            ["file", "lines", "parsed", "skipped", "in month", "counted", "broke off"],
-            [[f[k] for k in LOG_FILE_KEYS] for f in audit["log_scan"]["files"]],
-        ),
+        _files_table(audit["log_scan"]["files"]),
     ]
+
+
+def _files_table(files: list[dict]) -> Table:
+    """One row per log file: its share of the month, with whatever the reader counts."""
+    columns = list(files[0]) if files else ["file", "parsed", "skipped"]
+    return Table(
+        "Access-log files read (the month's lines)",
+        columns,
+        [[f.get(c) for c in columns] for f in files],
+    )
 
 
 def log_scan_note(scan: dict) -> str:
     """The first-screen line on what the log scan read, and whether it vouches for the month."""
     counts = (
-        f"{scan['lines']} line(s) counted in {sum(f['counted'] for f in scan['files'])} "
-        f"file(s): {scan['parsed']} parsed, {scan['skipped']} skipped, "
-        f"{scan['in_month']} in the month"
+        f"{scan['lines']} line(s) of the month from {len(scan['files'])} file(s): "
+        f"{scan['parsed']} parsed, {scan['skipped']} skipped"
     )
     if scan["verdict"] == "unknown":
         return (

@@ -3,8 +3,9 @@
 An audit finding must cite its evidence, and the shared reader (core/access_logs.py)
 yields records without their line numbers. This reads the same sources with the same
 block parser (`parse_block`), keeping `file` and `line` for every good line; memory stays
-bounded by the block size. Malformed lines are skipped here: the anomaly scan reports
-them hour by hour.
+bounded by the block size. `ReadStats` counts the month's lines parsed and skipped, in
+total and per file, so the audit says what it did not read (a malformed line cannot be
+placed in time: it is charged to the month).
 """
 
 from __future__ import annotations
@@ -23,28 +24,38 @@ from agent_reports.core.sources import DemoSource, FileSource, InputError, Sourc
 
 
 @dataclass
-class ReadStats:
-    """What the reader saw, for the report: files, lines (= parsed + skipped), the same
-    per file, and the files that broke off."""
+class FileStats:
+    """One file's share of the month: lines parsed and skipped."""
 
-    files: int = 0
-    lines: int = 0
     parsed: int = 0
     skipped: int = 0
-    per_file: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+@dataclass
+class ReadStats:
+    """What the reader saw of the month: files, lines parsed and skipped, per file, and
+    the files that broke off."""
+
+    files: int = 0
+    parsed: int = 0
+    skipped: int = 0
+    per_file: dict[str, FileStats] = field(default_factory=dict)
     unreadable: list[str] | None = None
 
+    @property
+    def lines(self) -> int:
+        return self.parsed + self.skipped
+
     def count(self, name: str, parsed: int, skipped: int) -> None:
-        self.parsed, self.skipped = self.parsed + parsed, self.skipped + skipped
-        self.lines += parsed + skipped
-        mine = self.per_file.setdefault(name, {"lines": 0, "parsed": 0, "skipped": 0})
-        mine["lines"] += parsed + skipped
-        mine["parsed"] += parsed
-        mine["skipped"] += skipped
+        entry = self.per_file.setdefault(name, FileStats())
+        entry.parsed += parsed
+        entry.skipped += skipped
+        self.parsed += parsed
+        self.skipped += skipped
 
     def broke_off(self, name: str, line: int, error: Exception) -> None:
         self.unreadable = [*(self.unreadable or []), f"{name} after line {line} ({error})"]
-        self.per_file[name]["broke_off"] = 1
+        self.count(name, 0, 1)
 
 
 def numbered_blocks(
@@ -57,11 +68,10 @@ def numbered_blocks(
         records, good, _lines = parse_block(block)
         numbers = np.flatnonzero(good) + next_line
         next_line += len(good)
-        parsed = int(good.sum())
-        stats.count(name, parsed, len(good) - parsed)
         times = records.column("time")
         keep = pc.and_(pc.greater_equal(times, lo), pc.less(times, hi))
         kept = records.filter(keep)
+        stats.count(name, kept.num_rows, int((~good).sum()))
         lines = numbers[keep.to_numpy(zero_copy_only=False)]
         yield _with_origin(kept, name, lines)
 
@@ -77,13 +87,12 @@ def _file_records(
 ) -> Iterator[pa.Table]:
     for path in folder_files:
         stats.files += 1
-        stats.count(str(path), 0, 0)  # every file is listed, an empty one too
-        before = stats.lines
         try:
             with open_log(path) as stream:
                 yield from numbered_blocks(line_blocks(stream), str(path), start, end, stats)
         except (EOFError, OSError, zlib.error) as error:
-            stats.broke_off(str(path), stats.lines - before, error)
+            before = stats.per_file.get(str(path), FileStats())
+            stats.broke_off(str(path), before.parsed + before.skipped, error)
 
 
 def month_records(

@@ -89,8 +89,8 @@ def _log_sentence(data: dict[str, Any]) -> str:
             "was read."
         )
     return (
-        f" The access-log scan of {data['log_lines_in_month']} lines in the month"
-        f" ({scan['skipped']} of {scan['lines']} skipped as unreadable) found"
+        f" The access-log scan of {scan['parsed']} lines in the month"
+        f" ({scan['skipped']} more skipped as unreadable) found"
         f" {data['policy_findings_total']} policy finding(s)."
     )
 
