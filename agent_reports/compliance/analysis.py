@@ -453,7 +453,7 @@ class PolicyScan:
         for row in denied.select(["client", "time", "file", "line"]).to_pylist():
             self._denials[row["client"]].append((row["time"], _where(row)))
 
-    def _sensitive(self, chunk: pa.Table, path: pa.ChunkedArray, reached: pa.Array) -> None:
+    def _sensitive(self, chunk: pa.Table, path: pa.ChunkedArray, reached: pa.ChunkedArray) -> None:
         """Sensitive-path hits among the answered requests: each distinct path that could
         match, raw or once normalised, is normalised once per chunk."""
         could = pc.and_(reached, pc.match_substring_regex(path, self.config.candidate_pattern()))
