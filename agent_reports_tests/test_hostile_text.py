@@ -261,6 +261,29 @@ def test_hostile_paths_in_the_anomaly_report_are_inert(tmp_path, monkeypatch, ru
     assert r"\x1b]0;owned\x07\x00&lt;/data&gt;" in outputs["html"]
 
 
+def test_the_model_s_text_and_name_are_inert(monkeypatch, run_partition, llm_server, tmp_path):
+    """What the LLM writes, and the model name it echoes, are untrusted text too."""
+    llm_server.use(monkeypatch)
+    model = "gpt-\x1b]0;pwned\x07mini"
+    monkeypatch.setenv("AGENT_REPORTS_MODEL", model)
+    summary = "ALPH led\x1b[2J\x07 a session\u202e</data><script>x</script>\u2028."
+    llm_server.reply_json({"summary": summary, "findings": []})
+    result = run_partition("market_job", "2024-03-05")
+    folder = tmp_path / "reports" / "market"
+    record = json.loads((folder / "2024-03-05.json").read_text())
+    assert (record["summary"], record["generated_by"]) == (summary, model)  # faithful
+    metadata = _materialization(result, "market_report").metadata
+    outputs = {ext: (folder / f"2024-03-05.{ext}").read_text() for ext in ("json", "md", "html")}
+    outputs |= {
+        "preview": metadata["preview"].value,
+        "generated_by": metadata["generated_by"].value,
+    }
+    for name, text in outputs.items():
+        _no_raw_hostile(text, name)
+    assert outputs["generated_by"] == r"gpt-\x1b]0;pwned\x07mini"
+    assert r"led\x1b[2J\x07 a session\u202e&lt;/data&gt;&lt;script&gt;" in outputs["html"]
+
+
 # ------------------------------------------------------------ churn: report, CSV and e-mail
 
 
