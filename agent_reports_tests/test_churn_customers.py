@@ -84,7 +84,7 @@ HEADER = "customerID,tenure,Contract,MonthlyCharges,Churn"
         (HEADER, "X1,3,Two year,20,maybe", 3, "churned", "Yes/No"),
         (HEADER, "X1,-4,Two year,20,No", 3, "tenure", "≥ 0"),
         (HEADER, "X1,3,,20,No", 3, "contract", "required"),
-        (HEADER, "X1,3,Two year", 3, None, "3 fields, the header 5"),
+        (HEADER, "X1,3,Two year", 3, "MonthlyCharges", "3 fields, the header 5"),
         ("customerID,tenure,Contract,Churn", "X1,3,Two year,No", 1, "monthly_charges", "missing"),
         ("customer_id," + HEADER, "", 1, "customerID", "duplicates"),
     ],

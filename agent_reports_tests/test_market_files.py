@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from agent_reports.core.sources import FileSource, InputError, read_market_csv
+from agent_reports.core.sources import MARKET_COLUMNS, FileSource, InputError, read_market_csv
 
 HEADER = "date,ticker,open,high,low,close,volume"
 DAY = "2024-03-05"
@@ -49,7 +49,8 @@ def test_any_names_mixed_tickers_gzip_and_extra_columns(files_env: Path) -> None
     )
     assert sorted(prices["ticker"].unique()) == ["AAA", "BBB", "CCC", "DDD"]
     assert len(prices) == 2 + 3 + 2  # AAA 1st-2nd, BBB x2 + CCC, DDD x2 (the 3rd is excluded)
-    assert list(prices.columns) == ["date", "ticker", "open", "high", "low", "close", "volume"]
+    assert list(prices.columns) == [*MARKET_COLUMNS, "file", "line"]
+    assert prices["adj_close"].isna().all()  # none of these files has an adjusted close
     bbb = prices[prices["ticker"] == "BBB"].iloc[1]
     assert (bbb["close"], bbb["volume"]) == (21.0, 510.0)
 
@@ -116,9 +117,9 @@ def test_missing_prices_stop_at_the_blocking_check(files_env, run_partition, iso
     (files_env / "a.csv").write_text("\n".join([HEADER, *rows]) + "\n")
     result = run_partition("market_job", DAY, raise_on_error=False)
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
-    assert checks["prices_present_and_non_negative"].passed is False
+    assert checks["prices_present_and_positive"].passed is False
     assert checks["high_not_below_low"].passed is True
-    examples = json.loads(checks["prices_present_and_non_negative"].metadata["examples"].value)
+    examples = json.loads(checks["prices_present_and_positive"].metadata["examples"].value)
     assert examples[0]["ticker"] == "AAA" and examples[0]["date"].startswith("2024-03-05")
     assert not result.success
     assert not (isolated_dirs / "reports" / "market").exists()

@@ -33,6 +33,7 @@ from agent_reports.churn.analysis import (
 from agent_reports.churn.partitions import ANALYSIS, POOL, churn_partitions
 from agent_reports.core import settings
 from agent_reports.core.analyst import AnalystAnswer, AnalystRequest
+from agent_reports.core.csv_files import COVERAGE_COLUMNS, coverage_note, coverage_rows
 from agent_reports.core.customers import load_customers
 from agent_reports.core.delivery import DeliveryKey, DeliveryLedger, EmailSender
 from agent_reports.core.publishing import (
@@ -75,7 +76,7 @@ def churn_customers(
     """The customer base as of each week's end: signed up before it, churned before it or
     active (SQL table, drop-folder CSVs or the demo generator)."""
     try:
-        base, origin = load_customers(source.get())
+        base, origin, coverage = load_customers(source.get())
     except InputError as error:
         raise Failure(
             description=f"Bad customer input: {error}",
@@ -85,11 +86,15 @@ def churn_customers(
     values = {}
     for key, (_, end) in _weeks(context).items():
         frame = customers_as_of(base, end)
+        frame.attrs["coverage"] = coverage
         values[key] = frame
         churned = int(frame["churned"].sum())
         context.add_asset_metadata(
             {
                 "origin": origin,
+                "rows_read": coverage["rows_read"],
+                "rows_rejected": coverage["rows_rejected"],
+                "files_not_read": len(coverage.get("ignored", [])),
                 "customers": len(frame),
                 "active": len(frame) - churned,
                 "churned": churned,
@@ -108,7 +113,9 @@ def churn_analysis(
     by segment and the top at-risk customers."""
     values = {}
     for key, (start, end) in _weeks(context).items():
-        metrics = churn_metrics(churn_customers[key], start, end)
+        customers = churn_customers[key]
+        metrics = churn_metrics(customers, start, end)
+        metrics["input"] = customers.attrs.get("coverage", {})
         values[key] = metrics
         risk = metrics["risk"] or {}
         context.add_asset_metadata(
@@ -153,6 +160,8 @@ def build_churn_report(key: str, metrics: dict[str, Any], answer: AnalystAnswer)
     notes = report_notes(answer)
     if model["status"] != "ok":
         notes.insert(0, f"No churn model this week: {model['reason']}.")
+    if metrics.get("input"):
+        notes.append(coverage_note(metrics["input"]))
     if not metrics["data"]["dated"]:
         notes.append(
             "The customer source has no signup or churn dates: every week reads it as it is now."
@@ -214,6 +223,8 @@ def _tables(metrics: dict[str, Any]) -> list[Table]:
     if top:
         columns = ["customer", "risk", "contract", "tenure", "monthly charges", "payment method"]
         tables.append(Table(f"Top {len(top)} at-risk customers", columns, top))
+    if (metrics.get("input") or {}).get("files"):
+        tables.append(Table("Input files", COVERAGE_COLUMNS[:4], coverage_rows(metrics["input"])))
     return tables
 
 

@@ -2,7 +2,7 @@
 
 - a SQL table read through SQLAlchemy (`AGENT_REPORTS_CUSTOMERS_URL`, PostgreSQL or
   SQLite; table `AGENT_REPORTS_CUSTOMERS_TABLE`, default `customers`);
-- CSV files (plain or .gz) in the drop folder's `customers/`;
+- CSV files in the drop folder's `customers/` (any dialect core/csv_files.py reads);
 - a deterministic demo generator with a churn history and a known signal.
 
 All three end in the same canonical frame (`CANONICAL_COLUMNS`, one row per customer,
@@ -16,19 +16,19 @@ schema (free-text notes...) are dropped here: they never reach a model or a prom
 
 from __future__ import annotations
 
-import csv
 import functools
-import gzip
 import math
 import re
-import zlib
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from agent_reports.core import csv_files
 from agent_reports.core.sources import InputError, Source
 
 # Yes/No-like service and profile columns: optional, blank reads "Unknown".
@@ -144,9 +144,13 @@ def _raise_first(bad: pd.Series, where: _Located, column: str, raw: pd.Series, w
         raise where.error(position, column, f"{what}, got {raw.iloc[position]!r}")
 
 
-def _numbers(raw: pd.Series, where: _Located, column: str, required: bool) -> pd.Series:
-    values = pd.to_numeric(raw.where(raw != ""), errors="coerce")
-    _raise_first(values.isna() & (raw != ""), where, column, raw, "expected a number")
+def _numbers(
+    raw: pd.Series, where: _Located, column: str, required: bool, decimal: str = "."
+) -> pd.Series:
+    raw = csv_files.blank_nulls(raw)
+    values = csv_files.parse_numbers(raw, decimal)
+    hint = " with a decimal comma" if decimal == "," else ""
+    _raise_first(values.isna() & (raw != ""), where, column, raw, f"expected a number{hint}")
     _raise_first(values < 0, where, column, raw, "expected a number ≥ 0")
     if required:
         _raise_first(raw == "", where, column, raw, "a value is required")
@@ -161,7 +165,9 @@ def _flags(raw: pd.Series, where: _Located, column: str) -> pd.Series:
 
 
 def _dates(raw: pd.Series, where: _Located, column: str) -> pd.Series:
-    values = pd.to_datetime(raw.where(raw != ""), errors="coerce", format="ISO8601", utc=True)
+    raw = csv_files.blank_nulls(raw)
+    text = csv_files.iso_date_text(raw, keep_time=True)
+    values = pd.to_datetime(text.where(text != ""), errors="coerce", format="ISO8601", utc=True)
     _raise_first(values.isna() & (raw != ""), where, column, raw, "expected a date as YYYY-MM-DD")
     return values.dt.tz_localize(None).dt.normalize().astype("datetime64[ns]")
 
@@ -178,8 +184,11 @@ def _categories(raw: pd.Series, flag_like: bool = False) -> pd.Series:
     return text.mask(text == "", "Unknown")
 
 
-def normalise(raw: pd.DataFrame, origin: str, lines: list[int] | None = None) -> pd.DataFrame:
-    """Raw text cells (blank = missing) under any known header spellings → canonical frame."""
+def normalise(
+    raw: pd.DataFrame, origin: str, lines: list[int] | None = None, decimal: str = "."
+) -> pd.DataFrame:
+    """Raw text cells (blank = missing) under any known header spellings → canonical frame;
+    numbers written with the `decimal` mark."""
     mapping = _map_headers(raw.columns, origin)
     text = raw[list(mapping)].rename(columns=mapping).fillna("").astype(str)
     text = text.apply(lambda column: column.str.strip())
@@ -191,12 +200,14 @@ def normalise(raw: pd.DataFrame, origin: str, lines: list[int] | None = None) ->
         if column in text:
             frame[column] = _dates(text[column], where, column)
     if "tenure" in text:
-        frame["tenure"] = _numbers(text["tenure"], where, "tenure", required=True)
+        frame["tenure"] = _numbers(text["tenure"], where, "tenure", True, decimal)
     frame["contract"] = _categories(text["contract"])
     _raise_first(text["contract"] == "", where, "contract", text["contract"], "a value is required")
-    frame["monthly_charges"] = _numbers(text["monthly_charges"], where, "monthly_charges", True)
+    frame["monthly_charges"] = _numbers(
+        text["monthly_charges"], where, "monthly_charges", True, decimal
+    )
     total = text.get("total_charges", pd.Series("", index=text.index))
-    frame["total_charges"] = _numbers(total, where, "total_charges", required=False)
+    frame["total_charges"] = _numbers(total, where, "total_charges", False, decimal)
     frame["churned"] = _churned(text, where, frame)
     for column in CATEGORICAL_COLUMNS:
         if column in text:
@@ -251,43 +262,86 @@ def empty_customers() -> pd.DataFrame:
 
 # -------------------------------------------------------------------------------- CSV files
 
+PARSER_VERSION = "customers-csv-2"
+
+
+@dataclass
+class CustomerFile:
+    """One parsed customer file: the canonical frame, each row's `file:line`, the rows set
+    aside (line, why) and how the file was read."""
+
+    frame: pd.DataFrame
+    places: list[str]
+    rejected: list[tuple[int, str]]
+    dialect: str
+
+    def summary(self, name: str) -> dict[str, Any]:
+        return {
+            "file": name,
+            "rows": len(self.frame) + len(self.rejected),
+            "rejected": len(self.rejected),
+            "dialect": self.dialect,
+        }
+
+
+def _header_fits(names: list[str]) -> bool:
+    try:
+        _map_headers(names, "")
+    except InputError:
+        return False
+    return True
+
+
+def read_customers_file(path: Path) -> CustomerFile:
+    """One CSV in any dialect csv_files reads (comma or semicolon, decimal comma, UTF-16...)."""
+    table = csv_files.read_table(path, _header_fits)
+    try:
+        mapping = _map_headers(table.header, str(path))
+    except InputError as error:
+        problem = f"{error.problem}; {csv_files.looks_like(table)}"
+        raise InputError(path, 1, error.column, problem) from None
+    raw = pd.DataFrame({name: table.column(name) for name in mapping}, index=table.lines)
+    numeric = [h for h, c in mapping.items() if c in ("tenure", "monthly_charges", "total_charges")]
+    table.decimal = csv_files.decimal_mark(table, numeric)
+    frame = normalise(raw.reset_index(drop=True), str(path), table.lines, table.decimal)
+    rejected = [(line, "empty row") for line in table.empty_rows]
+    places = [f"{path}:{line}" for line in table.lines]
+    return CustomerFile(frame, places, rejected, table.dialect())
+
 
 def read_customers_csv(path: Path) -> tuple[pd.DataFrame, list[str]]:
-    """One CSV (plain or .gz): the canonical frame and each row's `file:line`."""
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    try:
-        with opener(path, "rt", newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
-            header = [name.strip() for name in next(reader, [])]
-            if not any(header):
-                raise InputError(path, 1, None, "the file is empty: expected a header line")
-            mapping = _map_headers(header, str(path))
-            positions = [header.index(name) for name in mapping]
-            records, lines = [], []
-            for row in reader:
-                if not any(field.strip() for field in row):
-                    continue
-                if len(row) != len(header):
-                    raise InputError(
-                        path,
-                        reader.line_num,
-                        None,
-                        f"the row has {len(row)} fields, the header {len(header)}",
-                    )
-                records.append([row[i] for i in positions])
-                lines.append(reader.line_num)
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError, csv.Error) as error:
-        raise InputError(path, None, None, f"cannot be read ({error})") from None
-    raw = pd.DataFrame(records, columns=list(mapping), dtype=str)
-    return normalise(raw, str(path), lines), [f"{path}:{line}" for line in lines]
+    """One CSV: the canonical frame and each row's `file:line`."""
+    parsed = read_customers_file(path)
+    return parsed.frame, parsed.places
+
+
+def read_customers_files(
+    folder: Path, cache_root: Path | None = None
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Every CSV under `folder` (subfolders, any case, compressed or not), one customer base,
+    with the coverage of the read; parsed files are cached by identity under `cache_root`."""
+    cache = csv_files.ParsedCache(cache_root, "customers", PARSER_VERSION)
+    read = csv_files.read_folder(
+        folder,
+        "AGENT_REPORTS_DATA_DIR/customers",
+        read_customers_file,
+        cache,
+        "a customer header",
+    )
+    names = [csv_files.relative_name(path, folder) for path, _ in read.parsed]
+    coverage = read.coverage([f.summary(n) for n, (_, f) in zip(names, read.parsed, strict=True)])
+    coverage["rejected_examples"] = [
+        f"{name}:{line}: {why}"
+        for name, (_, f) in zip(names, read.parsed, strict=True)
+        for line, why in f.rejected
+    ][:20]
+    coverage["cache"] = read.cache
+    return combine([(f.frame, f.places) for _, f in read.parsed]), coverage
 
 
 def read_customers_folder(folder: Path) -> pd.DataFrame:
-    """Every `*.csv` / `*.csv.gz` in `folder`, one customer base."""
-    if not folder.is_dir():
-        raise InputError(folder, None, None, "folder not found (AGENT_REPORTS_DATA_DIR/customers)")
-    paths = sorted({p for pattern in ("*.csv", "*.csv.gz") for p in folder.glob(pattern)})
-    return combine([read_customers_csv(path) for path in paths])
+    """Every CSV under `folder`, one customer base (no cache)."""
+    return read_customers_files(folder)[0]
 
 
 # -------------------------------------------------------------------------------- SQL table
@@ -460,13 +514,18 @@ def _churn_months(
 # ---------------------------------------------------------------------------- which source
 
 
-def load_customers(source: Source) -> tuple[pd.DataFrame, str]:
+def load_customers(source: Source) -> tuple[pd.DataFrame, str, dict[str, Any]]:
     """The SQL table when AGENT_REPORTS_CUSTOMERS_URL is set, else the source's customers;
-    with a name for the origin (the URL's password hidden). Read at run time."""
+    with a name for the origin (the URL's password hidden) and the read's coverage. Read
+    at run time."""
     from agent_reports.core import settings
 
     url = settings.env("AGENT_REPORTS_CUSTOMERS_URL")
     if url:
         table = settings.env("AGENT_REPORTS_CUSTOMERS_TABLE", "customers")
-        return read_customers_table(url, table), f"sql: {safe_url(url)} table {table}"
-    return source.customers(), source.name
+        origin = f"sql: {safe_url(url)} table {table}"
+        customers = read_customers_table(url, table)
+        coverage = {"source": origin, "rows_read": len(customers), "rows_rejected": 0}
+        return customers, origin, coverage
+    customers, coverage = source.customers_read()
+    return customers, source.name, coverage

@@ -8,32 +8,39 @@ file, line and column of anything it cannot parse.
 
 from __future__ import annotations
 
-import csv
 import functools
-import gzip
-import zlib
+import re
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
 
+from agent_reports.core import csv_files
+from agent_reports.core.csv_files import InputError
+
 if TYPE_CHECKING:
     from agent_reports.core.access_logs import LogChunk
 
-MARKET_COLUMNS = ("date", "ticker", "open", "high", "low", "close", "volume")
-PRICE_COLUMNS = ("open", "high", "low", "close", "volume")
+__all__ = ["InputError"]  # defined in csv_files, raised by every source
+
+# `adj_close` is NaN where the source has no adjusted close; `file` and `line` say where
+# each row was read (the demo's rows say "demo", line 0).
+MARKET_COLUMNS = ("date", "ticker", "open", "high", "low", "close", "adj_close", "volume")
+ORIGIN_COLUMNS = ("file", "line")
+PRICE_COLUMNS = ("open", "high", "low", "close", "adj_close", "volume")
+MAX_LISTED = 20
 
 
-class InputError(ValueError):
-    """Input that cannot be read, located by file, line and column for the person who fixes it."""
+@dataclass
+class MarketRead:
+    """The rows of a window and what reading them took: files, rows read, rows rejected."""
 
-    def __init__(self, path: Path | str, line: int | None, column: str | None, problem: str):
-        self.path, self.line, self.column, self.problem = str(path), line, column, problem
-        where = self.path + (f":{line}" if line else "")
-        super().__init__(f"{where}: " + (f"column '{column}': " if column else "") + problem)
+    prices: pd.DataFrame
+    coverage: dict[str, Any] = field(default_factory=dict)
 
 
 class Source(Protocol):
@@ -41,8 +48,13 @@ class Source(Protocol):
 
     name: str
 
+    def market_read(self, start: date, end: date) -> MarketRead:
+        """Daily OHLCV rows (MARKET_COLUMNS + ORIGIN_COLUMNS, `date` as datetime64 at
+        midnight UTC) in [start, end), with the coverage of the read."""
+        ...
+
     def market_prices(self, start: date, end: date) -> pd.DataFrame:
-        """Daily OHLCV rows, columns MARKET_COLUMNS, `date` as datetime64 (midnight UTC)."""
+        """The rows of `market_read`."""
         ...
 
     def access_logs(self, start: datetime, end: datetime) -> Iterator[LogChunk]:
@@ -54,12 +66,25 @@ class Source(Protocol):
         """The customer base, one row per customer, canonical columns (core/customers.py)."""
         ...
 
+    def customers_read(self) -> tuple[pd.DataFrame, dict[str, Any]]:
+        """The customer base and the coverage of the read (rows read, rows rejected)."""
+        ...
+
 
 def empty_market_frame() -> pd.DataFrame:
     frame = pd.DataFrame({column: pd.Series(dtype="float64") for column in MARKET_COLUMNS})
     frame["date"] = pd.Series(dtype="datetime64[ns]")
     frame["ticker"] = pd.Series(dtype="object")
+    frame["file"] = pd.Series(dtype="object")
+    frame["line"] = pd.Series(dtype="int64")
     return frame
+
+
+def in_window(prices: pd.DataFrame, start: date, end: date) -> pd.DataFrame:
+    """The rows dated in [start, end), sorted by date and ticker."""
+    dates = prices["date"]
+    rows = prices[(dates >= pd.Timestamp(start)) & (dates < pd.Timestamp(end))]
+    return rows.sort_values(["date", "ticker"], kind="stable").reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------- demo source
@@ -136,14 +161,19 @@ class DemoSource:
     def __init__(self, seed: int = 7):
         self.seed = seed
 
+    def market_read(self, start: date, end: date) -> MarketRead:
+        prices = empty_market_frame()
+        if end > DEMO_EPOCH and start < end:
+            last_year = (end - timedelta(days=1)).year
+            frames = [_demo_series(self.seed, ticker, last_year) for ticker in DEMO_TICKERS]
+            rows = pd.concat(frames, ignore_index=True)
+            rows = rows.assign(adj_close=np.nan, file="demo", line=0)
+            prices = in_window(rows[list(prices.columns)], start, end)
+        coverage = {"source": "demo", "rows_read": len(prices), "rows_rejected": 0, "files": []}
+        return MarketRead(prices, coverage)
+
     def market_prices(self, start: date, end: date) -> pd.DataFrame:
-        if end <= DEMO_EPOCH or end <= start:
-            return empty_market_frame()
-        last_year = (end - timedelta(days=1)).year
-        frames = [_demo_series(self.seed, ticker, last_year) for ticker in DEMO_TICKERS]
-        prices = pd.concat(frames, ignore_index=True)
-        in_window = (prices["date"] >= pd.Timestamp(start)) & (prices["date"] < pd.Timestamp(end))
-        return prices[in_window].sort_values(["date", "ticker"]).reset_index(drop=True)
+        return self.market_read(start, end).prices
 
     def access_logs(self, start: datetime, end: datetime) -> Iterator[LogChunk]:
         """Generated traffic with labelled incidents (core/access_logs_demo.py), parsed."""
@@ -158,65 +188,144 @@ class DemoSource:
 
         return demo_customers(self.seed).copy()
 
+    def customers_read(self) -> tuple[pd.DataFrame, dict[str, Any]]:
+        customers = self.customers()
+        return customers, {"source": "demo", "rows_read": len(customers), "rows_rejected": 0}
+
 
 # -------------------------------------------------------------------------- files source
 
+# Normalised header (lower case, letters and digits only: `<CLOSE>`, `Adj Close**`) → column.
+_MARKET_HEADERS = {
+    "date": "date",
+    "datetime": "date",
+    "timestamp": "date",
+    "tradedate": "date",
+    "ticker": "ticker",
+    "symbol": "ticker",
+    "open": "open",
+    "high": "high",
+    "low": "low",
+    "close": "close",
+    "adjclose": "adj_close",
+    "adjustedclose": "adj_close",
+    "volume": "volume",
+    "vol": "volume",
+}
+REQUIRED_MARKET = ("date", "open", "high", "low", "close", "volume")
+# A file named after its ticker: `AAPL.csv`, `BRK-B.csv`, `aapl.us.txt` (Stooq), `^GSPC.csv`.
+_TICKER_NAME = re.compile(r"^[A-Za-z0-9^][A-Za-z0-9.^=_-]{0,23}$")
+_STOOQ_DOWNLOAD = re.compile(r"^(.+)_([a-z]{2})_d$", re.IGNORECASE)  # aapl_us_d.csv
+PARSER_VERSION = "market-csv-2"
 
-def read_market_csv(path: Path) -> pd.DataFrame:
-    """One market CSV (plain or .gz), validated; raises InputError naming file, line, column.
 
-    Columns are found by header name (any order, extra columns ignored, blank lines
-    skipped). An empty cell becomes a missing value, which the asset checks flag; a row
-    with more or fewer fields than the header, text where a number belongs or a bad
-    date fails the read.
+def market_header(names: list[str]) -> dict[str, str]:
+    """Header name → canonical column, the first of each kind (extra columns ignored)."""
+    mapping: dict[str, str] = {}
+    for name in names:
+        column = _MARKET_HEADERS.get(re.sub(r"[^a-z0-9]", "", name.lower()))
+        if column and column not in mapping.values():
+            mapping[name] = column
+    return mapping
+
+
+def _fits(names: list[str]) -> bool:
+    return set(REQUIRED_MARKET) <= set(market_header(names).values())
+
+
+def ticker_from_name(path: Path) -> str | None:
+    """The ticker a per-ticker export is named after, upper-cased; None if the name is not one."""
+    name = path.name
+    while Path(name).suffix.lower() in (*csv_files.COMPRESSED_SUFFIXES, *csv_files.TABLE_SUFFIXES):
+        name = name[: -len(Path(name).suffix)]
+    stooq = _STOOQ_DOWNLOAD.match(name)
+    if stooq:
+        name = f"{stooq[1]}.{stooq[2]}"
+    return name.upper() if _TICKER_NAME.match(name) else None
+
+
+@dataclass
+class PriceFile:
+    """One parsed price file: its rows, what was set aside, and how it was read."""
+
+    prices: pd.DataFrame  # MARKET_COLUMNS + `line`
+    rejected: list[tuple[int, str]]  # (line, why) of rows that hold no prices
+    dialect: str
+    ticker_from: str  # "column" or "file name"
+    adjusted: bool
+
+    def summary(self, name: str) -> dict[str, Any]:
+        dates = self.prices["date"]
+        return {
+            "file": name,
+            "rows": len(self.prices) + len(self.rejected),
+            "rejected": len(self.rejected),
+            "dialect": self.dialect,
+            "ticker_from": self.ticker_from,
+            "adj_close": self.adjusted,
+            "first_date": dates.min().date().isoformat() if len(dates) else None,
+            "last_date": dates.max().date().isoformat() if len(dates) else None,
+        }
+
+
+def read_market_csv(path: Path) -> PriceFile:
+    """One price file (plain or compressed), validated; raises InputError naming file, line,
+    column.
+
+    Columns are found by header name in any order and spelling (`Adj Close`, `<CLOSE>`),
+    extra columns ignored; without a ticker column the file name is the ticker. A row
+    whose prices are all blank or `null` (Yahoo's no-trade rows) is set aside and counted;
+    a single blank price stays missing, which the blocking checks flag; a row of another
+    width than the header, text where a number belongs or a bad date fails the read.
     """
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    try:
-        with opener(path, "rt", newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
-            header = [name.strip().lower() for name in next(reader, [])]
-            if not header:
-                raise InputError(path, 1, None, "the file is empty: expected a header line")
-            for column in MARKET_COLUMNS:
-                if column not in header:
-                    raise InputError(
-                        path, 1, column, f"missing from the header ({', '.join(MARKET_COLUMNS)})"
-                    )
-            positions = [header.index(column) for column in MARKET_COLUMNS]
-            records, lines = [], []
-            for row in reader:
-                if not any(field.strip() for field in row):
-                    continue
-                if len(row) != len(header):
-                    raise _width_error(path, reader.line_num, row, header)
-                records.append([row[i].strip() for i in positions])
-                lines.append(reader.line_num)
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError, csv.Error) as error:
-        raise InputError(path, None, None, f"cannot be read ({error})") from None
-    # The index is the line number in the file, for error messages.
-    raw = pd.DataFrame(records, columns=list(MARKET_COLUMNS), index=lines, dtype=str)
+    table = csv_files.read_table(path, _fits)
+    mapping = market_header(table.header)
+    missing = [c for c in REQUIRED_MARKET if c not in mapping.values()]
+    if missing:
+        raise InputError(
+            path,
+            1,
+            missing[0],
+            f"missing from the header (needs {', '.join(REQUIRED_MARKET)}, and ticker unless "
+            f"the file is named after it); {csv_files.looks_like(table)}",
+        )
+    raw = pd.DataFrame({column: table.column(name) for name, column in mapping.items()})
+    raw = raw.reindex(columns=["ticker", *REQUIRED_MARKET, "adj_close"], fill_value="")
+    prices_text = raw[[c for c in PRICE_COLUMNS if c in mapping.values()]]
+    no_prices = prices_text.apply(csv_files.blank_nulls).eq("").all(axis=1)
+    rejected = [(line, "empty row") for line in table.empty_rows]
+    rejected += [(int(line), "no prices (blank or null)") for line in raw.index[no_prices]]
+    raw = raw[~no_prices]
+    ticker_from = "column" if "ticker" in mapping.values() else "file name"
+    if ticker_from == "file name":
+        ticker = ticker_from_name(path)
+        if ticker is None:
+            raise InputError(
+                path, 1, "ticker", "no ticker column, and the file name is not a ticker symbol"
+            )
+        raw["ticker"] = ticker
+    table.decimal = csv_files.decimal_mark(table, list(mapping))
+    frame = _typed_prices(path, raw, table.decimal)
+    adjusted = "adj_close" in mapping.values()
+    return PriceFile(frame, sorted(rejected), table.dialect(), ticker_from, adjusted)
+
+
+def _typed_prices(path: Path, raw: pd.DataFrame, decimal: str) -> pd.DataFrame:
+    """Text cells (indexed by line) → MARKET_COLUMNS + `line`; the first bad cell raises."""
     frame = pd.DataFrame(index=raw.index)
-    frame["date"] = pd.to_datetime(raw["date"], format="%Y-%m-%d", errors="coerce")
+    dates = csv_files.iso_date_text(raw["date"])
+    frame["date"] = pd.to_datetime(dates, format="%Y-%m-%d", errors="coerce")
     _raise_first(path, raw, "date", frame["date"].isna(), "expected a date as YYYY-MM-DD")
     frame["ticker"] = raw["ticker"]
     _raise_first(path, raw, "ticker", frame["ticker"] == "", "expected a ticker symbol")
     for column in PRICE_COLUMNS:
-        text = raw[column]
-        frame[column] = pd.to_numeric(text.where(text != ""), errors="coerce")
+        text = csv_files.blank_nulls(raw[column])
+        frame[column] = csv_files.parse_numbers(text, decimal)
         unparsable = frame[column].isna() & (text != "")
-        _raise_first(path, raw, column, unparsable, "expected a number")
+        hint = " with a decimal comma" if decimal == "," else ""
+        _raise_first(path, raw, column, unparsable, f"expected a number{hint}")
+    frame["line"] = frame.index.astype("int64")
     return frame.reset_index(drop=True)
-
-
-def _width_error(path: Path, line: int, row: list[str], header: list[str]) -> InputError:
-    if len(row) < len(header):
-        return InputError(
-            path,
-            line,
-            header[len(row)],
-            f"no value: the row has {len(row)} fields, the header {len(header)} (truncated?)",
-        )
-    return InputError(path, line, None, f"the row has {len(row)} fields, the header {len(header)}")
 
 
 def _raise_first(path: Path, raw: pd.DataFrame, column: str, bad: pd.Series, problem: str) -> None:
@@ -226,18 +335,14 @@ def _raise_first(path: Path, raw: pd.DataFrame, column: str, bad: pd.Series, pro
 
 
 class FileSource:
-    """Reads the drop folder: `<data_dir>/market/*.csv[.gz]`, any names, tickers mixed or not."""
+    """Reads the drop folder: `<data_dir>/market/` (see docs/input-files.md), `logs/`,
+    `customers/`; parsed CSV files are cached by identity under `cache_root`."""
 
     name = "files"
 
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, cache_root: Path | None = None):
         self.data_dir = data_dir
-
-    def _files(self, kind: str, patterns: tuple[str, ...]) -> list[Path]:
-        folder = self.data_dir / kind
-        if not folder.is_dir():
-            raise InputError(folder, None, None, "folder not found (AGENT_REPORTS_DATA_DIR/kind)")
-        return sorted({path for pattern in patterns for path in folder.glob(pattern)})
+        self.cache_root = cache_root if cache_root is not None else csv_files.default_cache_root()
 
     def access_logs(self, start: datetime, end: datetime) -> Iterator[LogChunk]:
         """Every file under `<data_dir>/logs/` (plain or .gz, any names), streamed."""
@@ -249,15 +354,40 @@ class FileSource:
         return read_access_logs(log_files(folder), start, end)
 
     def customers(self) -> pd.DataFrame:
-        """Every CSV under `<data_dir>/customers/` (plain or .gz), one base."""
-        from agent_reports.core.customers import read_customers_folder
+        """Every CSV under `<data_dir>/customers/`, one base."""
+        return self.customers_read()[0]
 
-        return read_customers_folder(self.data_dir / "customers")
+    def customers_read(self) -> tuple[pd.DataFrame, dict[str, Any]]:
+        """The customer base and the coverage of its files (core/customers.py)."""
+        from agent_reports.core.customers import read_customers_files
+
+        return read_customers_files(self.data_dir / "customers", self.cache_root)
 
     def market_prices(self, start: date, end: date) -> pd.DataFrame:
-        frames = [read_market_csv(path) for path in self._files("market", ("*.csv", "*.csv.gz"))]
-        if not frames:
-            return empty_market_frame()
-        prices = pd.concat(frames, ignore_index=True)
-        in_window = (prices["date"] >= pd.Timestamp(start)) & (prices["date"] < pd.Timestamp(end))
-        return prices[in_window].sort_values(["date", "ticker"]).reset_index(drop=True)
+        return self.market_read(start, end).prices
+
+    def market_read(self, start: date, end: date) -> MarketRead:
+        """Every price file under `<data_dir>/market/`, read or taken from the cache; a file
+        that cannot be read fails the whole read, naming it (and any other bad ones)."""
+        folder = self.data_dir / "market"
+        cache = csv_files.ParsedCache(self.cache_root, "market", PARSER_VERSION)
+        read = csv_files.read_folder(
+            folder, "AGENT_REPORTS_DATA_DIR/market", read_market_csv, cache, "a price header"
+        )
+        names = {path: csv_files.relative_name(path, folder) for path, _ in read.parsed}
+        frames = [f.prices.assign(file=names[path]) for path, f in read.parsed]
+        columns = list(empty_market_frame().columns)
+        prices = pd.concat([empty_market_frame(), *frames], ignore_index=True)[columns]
+        coverage = read.coverage([f.summary(names[p]) for p, f in read.parsed])
+        coverage["rejected_examples"] = [
+            f"{names[path]}:{line}: {why}" for path, f in read.parsed for line, why in f.rejected
+        ][:MAX_LISTED]
+        coverage["cache"] = read.cache
+        return MarketRead(in_window(prices, start, end), coverage)
+
+
+def window_coverage(coverage: dict[str, Any], window: pd.DataFrame) -> dict[str, Any]:
+    """The read's coverage with the rows of one window counted, per file and in all."""
+    per_file = window["file"].value_counts().to_dict() if "file" in window else {}
+    files = [f | {"rows_in_window": int(per_file.get(f["file"], 0))} for f in coverage["files"]]
+    return coverage | {"rows_in_window": len(window), "files": files}

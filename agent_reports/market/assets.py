@@ -18,6 +18,7 @@ from dagster import (
 )
 
 from agent_reports.core.analyst import AnalystAnswer, AnalystRequest
+from agent_reports.core.csv_files import COVERAGE_COLUMNS, coverage_note, coverage_rows
 from agent_reports.core.publishing import (
     publish_reports,
     report_from_answer,
@@ -25,11 +26,12 @@ from agent_reports.core.publishing import (
 )
 from agent_reports.core.reports import Report, Table
 from agent_reports.core.resources import AnalystResource, DataSourceResource, ReportStoreResource
-from agent_reports.core.sources import InputError
+from agent_reports.core.sources import InputError, in_window, window_coverage
 from agent_reports.market import prompts
 from agent_reports.market.analysis import history_window, market_metrics
 from agent_reports.market.partitions import ANALYSIS, POOL, market_partitions
 
+TICKER_COLUMNS = ["ticker", "close", "adj close", "return 1d", "volatility 20d", "volume ratio 20d"]
 COMMON = {
     "group_name": ANALYSIS,
     "partitions_def": market_partitions,
@@ -52,24 +54,30 @@ def market_prices(
     start, _ = history_window(min(days.values()))
     _, end = history_window(max(days.values()))
     try:
-        prices = source.get().market_prices(start, end)
+        read = source.get().market_read(start, end)
     except InputError as error:
         raise Failure(
             description=f"Bad market input: {error}",
             metadata={"file": error.path, "line": error.line or 0, "column": error.column or ""},
             allow_retries=False,
         ) from None
+    if read.coverage.get("cache"):
+        context.log.info(f"parsed-file cache: {read.coverage['cache']}")
     values = {}
     for key, day in days.items():
-        lo, hi = history_window(day)
-        window = prices[(prices["date"] >= pd.Timestamp(lo)) & (prices["date"] < pd.Timestamp(hi))]
-        values[key] = window.reset_index(drop=True)
+        window = in_window(read.prices, *history_window(day))
+        window.attrs["coverage"] = window_coverage(read.coverage, window)
+        values[key] = window
         day_rows = window[window["date"] == pd.Timestamp(day)]
         context.add_asset_metadata(
             {
                 "day_rows": len(day_rows),
                 "history_rows": len(window),
                 "tickers": day_rows["ticker"].nunique(),
+                "rows_read": read.coverage["rows_read"],
+                "rows_rejected": read.coverage["rows_rejected"],
+                "files": len(read.coverage["files"]),
+                "files_not_read": len(read.coverage.get("ignored", [])),
             },
             partition_key=key,
         )
@@ -83,7 +91,9 @@ def market_analysis(
     """Per-ticker close, 1-day return, 20-day volatility and volume ratio, plus top movers."""
     values = {}
     for key, day in _days(context).items():
-        metrics = market_metrics(market_prices[key], day)
+        prices = market_prices[key]
+        metrics = market_metrics(prices, day)
+        metrics["input"] = prices.attrs.get("coverage", {})
         values[key] = metrics
         context.add_asset_metadata(
             {"trading_day": metrics["trading_day"], "tickers": len(metrics["tickers"])},
@@ -117,12 +127,21 @@ def market_report(
 def build_market_report(key: str, metrics: dict, answer: AnalystAnswer) -> Report:
     window = market_partitions.time_window_for_partition_key(key)
     rows = [
-        [t, m["close"], m["return_1d"], m["volatility_20d"], m["volume_ratio_20d"]]
+        [
+            t,
+            m["close"],
+            m.get("adj_close"),
+            m["return_1d"],
+            m["volatility_20d"],
+            m["volume_ratio_20d"],
+        ]
         for t, m in metrics["tickers"].items()
     ]
-    notes = report_notes(answer)
+    coverage = metrics.get("input") or {}
+    notes = report_notes(answer) + ([coverage_note(coverage)] if coverage else [])
     if not metrics["trading_day"]:
-        notes.insert(0, "No trading on this day: no prices in the source.")
+        notes.append(no_trading_note(key, coverage))
+    notes += [split_note(t, m) for t, m in metrics["tickers"].items() if m.get("split")]
     return report_from_answer(
         ANALYSIS,
         key,
@@ -131,14 +150,30 @@ def build_market_report(key: str, metrics: dict, answer: AnalystAnswer) -> Repor
         prompts.PROMPT_VERSION,
         findings=answer.narrative["findings"],
         metrics=metrics,
-        tables=[
-            Table(
-                "Tickers",
-                ["ticker", "close", "return 1d", "volatility 20d", "volume ratio 20d"],
-                rows,
-            )
-        ]
-        if rows
-        else [],
+        tables=([Table("Tickers", TICKER_COLUMNS, rows)] if rows else [])
+        + (
+            [Table("Input files", COVERAGE_COLUMNS, coverage_rows(coverage))]
+            if coverage.get("files")
+            else []
+        ),
         notes=notes,
     )
+
+
+def split_note(ticker: str, metrics: dict) -> str:
+    split = metrics["split"]
+    return (
+        f"{ticker}: probable {split['ratio']} split (raw close {split['raw_return_1d']:+.1%}, "
+        f"by the {split['evidence']}); returns use the {metrics['price_basis']}."
+    )
+
+
+def no_trading_note(key: str, coverage: dict) -> str:
+    """Why a day has no rows: outside the dates the files hold, or a day without trading."""
+    first = min(
+        (f["first_date"] for f in coverage.get("files", []) if f["first_date"]), default=None
+    )
+    last = max((f["last_date"] for f in coverage.get("files", []) if f["last_date"]), default=None)
+    if first and not first <= key <= last:
+        return f"No prices for this day: the market files hold {first} to {last}."
+    return "No trading on this day: no prices in the source."

@@ -37,9 +37,14 @@ def _price_check(
     return _check
 
 
-def _missing_or_negative(frame: pd.DataFrame) -> pd.DataFrame:
-    prices = frame[["open", "high", "low", "close", "volume"]]
-    return frame[prices.isna().any(axis=1) | (prices < 0).any(axis=1)]
+def _missing_or_not_positive(frame: pd.DataFrame) -> pd.DataFrame:
+    """A missing open/high/low/close/volume, a price ≤ 0 or a negative volume (a zero
+    close would read as a −100% crash). The adjusted close may be absent, not ≤ 0."""
+    prices = frame[["open", "high", "low", "close"]]
+    adjusted = frame["adj_close"] if "adj_close" in frame else pd.Series(dtype="float64")
+    bad = prices.isna().any(axis=1) | (prices <= 0).any(axis=1)
+    bad |= frame["volume"].isna() | (frame["volume"] < 0) | (adjusted <= 0).reindex(frame.index)
+    return frame[bad.fillna(False).astype(bool)]
 
 
 def _high_below_low(frame: pd.DataFrame) -> pd.DataFrame:
@@ -51,9 +56,9 @@ def _duplicates(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 prices_present_and_positive = _price_check(
-    "prices_present_and_non_negative",
-    "no missing or negative open/high/low/close/volume",
-    _missing_or_negative,
+    "prices_present_and_positive",
+    "no missing open/high/low/close/volume, no price ≤ 0, no negative volume",
+    _missing_or_not_positive,
 )
 high_not_below_low = _price_check("high_not_below_low", "high ≥ low on every row", _high_below_low)
 one_row_per_ticker_day = _price_check(

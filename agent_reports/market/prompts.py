@@ -10,7 +10,7 @@ from typing import Any
 
 from agent_reports.core.analyst import Finding, Narrative, check_narrative
 
-PROMPT_VERSION = "market-v1"
+PROMPT_VERSION = "market-v2"
 SCHEMA = Narrative
 
 INSTRUCTIONS = """\
@@ -20,7 +20,9 @@ volatility and the volume relative to its 20-day average, plus the day's top mov
 Write a summary of at most four sentences on what moved and how unusual it was, then
 up to five findings. Each finding names its tickers in `subjects`. Cite the figures;
 say when a move is large relative to the ticker's own volatility or came on heavy
-volume. Do not speculate about causes the data cannot show, and do not give advice."""
+volume. Returns use the adjusted or split-adjusted price (`price_basis`); a ticker whose
+`split` is set had a probable stock split: report it as a split, never as a crash.
+Do not speculate about causes the data cannot show, and do not give advice."""
 
 
 def prompt_data(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -79,4 +81,15 @@ def offline_narrative(data: dict[str, Any]) -> Narrative:
                 subjects=[mover["ticker"]],
             )
         )
+    for ticker, m in tickers.items():
+        if m.get("split"):
+            findings.append(
+                Finding(
+                    title=f"{ticker}: probable {m['split']['ratio']} split",
+                    detail=f"The raw close moved {_pct(m['split']['raw_return_1d'])}, a split "
+                    f"by its size; the return of {_pct(m['return_1d'])} uses the "
+                    f"{m['price_basis']}.",
+                    subjects=[ticker],
+                )
+            )
     return Narrative(summary=summary, findings=findings)
