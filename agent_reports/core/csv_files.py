@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import pandas as pd
 
 from agent_reports.core.files import write_atomic
@@ -180,6 +181,11 @@ class Table:
         decimal = ", decimal comma" if self.decimal == "," else ""
         return f"{DELIMITERS[self.delimiter]}-separated{decimal}, {self.encoding}"
 
+    def cells(self, name: str) -> np.ndarray:
+        """One column's stripped text as an object array, in row order."""
+        position = self.header.index(name)
+        return np.array([row[position].strip() for row in self.rows], dtype=object)
+
     def column(self, name: str) -> pd.Series:
         """One column's stripped text, indexed by line number."""
         position = self.header.index(name)
@@ -265,19 +271,48 @@ def decimal_mark(table: Table, columns: Iterable[str]) -> str:
     return "."
 
 
+def numbers(text: np.ndarray, decimal: str) -> tuple[np.ndarray, np.ndarray]:
+    """`parse_numbers` over an array of cells, with the mask of cells that are not numbers
+    (`null` and the like are blanks); plain columns convert in one numpy call."""
+    if decimal == ".":
+        try:
+            values = np.array(text, dtype="float64")
+        except ValueError:
+            values = None
+        if values is not None and np.isfinite(values).all():
+            return values, np.zeros(len(values), dtype=bool)
+    cells = pd.Series(text, dtype=str)
+    cells = blank_nulls(cells)
+    values = parse_numbers(cells, decimal).to_numpy()
+    return values, ~np.isfinite(values) & (cells != "").to_numpy()
+
+
 def parse_numbers(text: pd.Series, decimal: str) -> pd.Series:
     """Numbers from text cells with the file's decimal mark; thousands separators removed.
 
     Blank cells give NaN; a cell that is not a number gives NaN too, so the caller can
-    point at it by comparing with the blanks.
+    point at it by comparing with the blanks. Plain cells take pandas' fast path; only
+    the others are cleaned.
     """
+    if decimal == ".":
+        values = pd.to_numeric(text, errors="coerce").astype("float64")
+        odd = values.isna() & (text != "")
+    else:
+        values = pd.Series(float("nan"), index=text.index, dtype="float64")
+        odd = text != ""
+    if odd.any():
+        values[odd] = _cleaned_numbers(text[odd], decimal)
+    return values
+
+
+def _cleaned_numbers(text: pd.Series, decimal: str) -> pd.Series:
     cleaned = text.str.replace(_SPACES, "", regex=True)
     grouped = cleaned.str.match(_GROUPED[decimal])
     thousands = "," if decimal == "." else "."
     cleaned = cleaned.where(~grouped, cleaned.str.replace(thousands, "", regex=False))
     if decimal == ",":
         cleaned = cleaned.str.replace(",", ".", regex=False)
-    return pd.to_numeric(cleaned.where(cleaned != ""), errors="coerce").astype("float64")
+    return pd.to_numeric(cleaned.where(cleaned != ""), errors="coerce")
 
 
 _DATE_SPELLINGS = (
@@ -285,7 +320,8 @@ _DATE_SPELLINGS = (
     (re.compile(r"^(\d{2})\.(\d{2})\.(\d{4})$"), r"\3-\2-\1"),  # a European Excel's 05.03.2024
     (re.compile(r"^(\d{4}-\d{2}-\d{2})[T ].*$"), r"\1"),  # a timestamp: its local date
 )
-NULL_CELLS = frozenset({"null", "nan", "n/a", "na", "#n/a", "none"})
+_NULL_WORDS = ("null", "nan", "n/a", "na", "#n/a", "none")
+NULL_CELLS = frozenset(w for word in _NULL_WORDS for w in (word, word.upper(), word.title()))
 
 
 def iso_date_text(text: pd.Series, keep_time: bool = False) -> pd.Series:
@@ -296,9 +332,12 @@ def iso_date_text(text: pd.Series, keep_time: bool = False) -> pd.Series:
     return text
 
 
+BLANK_CELLS = NULL_CELLS | {""}
+
+
 def blank_nulls(text: pd.Series) -> pd.Series:
     """`null` (Yahoo), `NaN`, `N/A`, `#N/A` (Excel) cells as blanks."""
-    return text.mask(text.str.lower().isin(NULL_CELLS), "")
+    return text.mask(text.isin(NULL_CELLS), "")
 
 
 # ------------------------------------------------------------------------------- caching

@@ -289,49 +289,67 @@ def read_market_csv(path: Path) -> PriceFile:
             f"missing from the header (needs {', '.join(REQUIRED_MARKET)}, and ticker unless "
             f"the file is named after it); {csv_files.looks_like(table)}",
         )
-    raw = pd.DataFrame({column: table.column(name) for name, column in mapping.items()})
-    raw = raw.reindex(columns=["ticker", *REQUIRED_MARKET, "adj_close"], fill_value="")
-    prices_text = raw[[c for c in PRICE_COLUMNS if c in mapping.values()]]
-    no_prices = prices_text.apply(csv_files.blank_nulls).eq("").all(axis=1)
+    cells = {column: table.cells(name) for name, column in mapping.items()}
+    lines = np.asarray(table.lines, dtype="int64")
+    priced = [cells[c] for c in PRICE_COLUMNS if c in cells]
+    no_prices = np.array(
+        [all(c in csv_files.BLANK_CELLS for c in row) for row in zip(*priced, strict=True)],
+        dtype=bool,
+    ).reshape(len(lines))
     rejected = [(line, "empty row") for line in table.empty_rows]
-    rejected += [(int(line), "no prices (blank or null)") for line in raw.index[no_prices]]
-    raw = raw[~no_prices]
-    ticker_from = "column" if "ticker" in mapping.values() else "file name"
+    rejected += [(int(line), "no prices (blank or null)") for line in lines[no_prices]]
+    if no_prices.any():
+        cells = {column: values[~no_prices] for column, values in cells.items()}
+        lines = lines[~no_prices]
+    ticker_from = "column" if "ticker" in cells else "file name"
     if ticker_from == "file name":
         ticker = ticker_from_name(path)
         if ticker is None:
             raise InputError(
                 path, 1, "ticker", "no ticker column, and the file name is not a ticker symbol"
             )
-        raw["ticker"] = ticker
+        cells["ticker"] = np.full(len(lines), ticker, dtype=object)
     table.decimal = csv_files.decimal_mark(table, list(mapping))
-    frame = _typed_prices(path, raw, table.decimal)
+    frame = _typed_prices(path, cells, lines, table.decimal)
     adjusted = "adj_close" in mapping.values()
     return PriceFile(frame, sorted(rejected), table.dialect(), ticker_from, adjusted)
 
 
-def _typed_prices(path: Path, raw: pd.DataFrame, decimal: str) -> pd.DataFrame:
-    """Text cells (indexed by line) → MARKET_COLUMNS + `line`; the first bad cell raises."""
-    frame = pd.DataFrame(index=raw.index)
-    dates = csv_files.iso_date_text(raw["date"])
-    frame["date"] = pd.to_datetime(dates, format="%Y-%m-%d", errors="coerce")
-    _raise_first(path, raw, "date", frame["date"].isna(), "expected a date as YYYY-MM-DD")
-    frame["ticker"] = raw["ticker"]
-    _raise_first(path, raw, "ticker", frame["ticker"] == "", "expected a ticker symbol")
+def _typed_prices(
+    path: Path, cells: dict[str, np.ndarray], lines: np.ndarray, decimal: str
+) -> pd.DataFrame:
+    """Text cells → MARKET_COLUMNS + `line`; the first bad cell raises, naming its line."""
+    blank = np.full(len(lines), "", dtype=object)
+    frame = pd.DataFrame({"date": _dates(path, cells["date"], lines)})
+    frame["ticker"] = cells["ticker"]
+    _raise_at(path, lines, "ticker", cells["ticker"], cells["ticker"] == "", "expected a ticker")
+    hint = " with a decimal comma" if decimal == "," else ""
     for column in PRICE_COLUMNS:
-        text = csv_files.blank_nulls(raw[column])
-        frame[column] = csv_files.parse_numbers(text, decimal)
-        unparsable = frame[column].isna() & (text != "")
-        hint = " with a decimal comma" if decimal == "," else ""
-        _raise_first(path, raw, column, unparsable, f"expected a number{hint}")
-    frame["line"] = frame.index.astype("int64")
-    return frame.reset_index(drop=True)
+        text = cells.get(column, blank)
+        values, bad = csv_files.numbers(text, decimal)
+        _raise_at(path, lines, column, text, bad, f"expected a number{hint}")
+        frame[column] = values
+    frame["line"] = lines
+    return frame
 
 
-def _raise_first(path: Path, raw: pd.DataFrame, column: str, bad: pd.Series, problem: str) -> None:
+def _dates(path: Path, text: np.ndarray, lines: np.ndarray) -> pd.Series:
+    dates = pd.Series(pd.to_datetime(text, format="%Y-%m-%d", errors="coerce"))
+    odd = dates.isna().to_numpy()
+    if odd.any():  # other spellings (20240305, 05.03.2024, a timestamp)
+        respelled = csv_files.iso_date_text(pd.Series(text[odd], dtype=str))
+        dates[odd] = pd.to_datetime(respelled, format="%Y-%m-%d", errors="coerce").to_numpy()
+        bad = dates.isna().to_numpy()
+        _raise_at(path, lines, "date", text, bad, "expected a date as YYYY-MM-DD")
+    return dates.astype("datetime64[ns]")
+
+
+def _raise_at(
+    path: Path, lines: np.ndarray, column: str, text: np.ndarray, bad: np.ndarray, problem: str
+) -> None:
     if bad.any():
-        line = bad.idxmax()
-        raise InputError(path, int(line), column, f"{problem}, got {raw.at[line, column]!r}")
+        first = int(np.flatnonzero(bad)[0])
+        raise InputError(path, int(lines[first]), column, f"{problem}, got {text[first]!r}")
 
 
 class FileSource:
