@@ -159,6 +159,16 @@ def test_customer_exports_in_every_dialect_read_the_same(fixture):
         assert parsed.rejected == [(6, "empty row")]  # Excel's row of bare semicolons
 
 
+def test_a_legacy_windows_encoding_is_detected_not_a_codec_error(tmp_path):
+    text = (DATA / "customers/telco-comma.csv").read_text()
+    text = text.replace("Electronic check", "Elektronische Überweisung (Gebühr)")
+    path = tmp_path / "old-excel.csv"
+    path.write_bytes(text.encode("cp1252"))
+    parsed = read_customers_file(path)
+    assert parsed.frame["payment_method"].iloc[0] == "Elektronische Überweisung (Gebühr)"
+    assert parsed.dialect.startswith("comma-separated, cp125")
+
+
 def test_a_customer_header_that_fits_no_delimiter_says_how_it_looks(tmp_path):
     path = tmp_path / "c.csv"
     path.write_text("customerID;tenure;Contract;Churn\nX1;3;Two year;No\n", encoding="utf-16")
@@ -301,7 +311,10 @@ def test_the_report_counts_rows_read_and_rejected_and_names_what_it_skipped(
     _put(drop, "market/yahoo/MSFT.csv", "market/MSFT.csv")
     _put(drop, "market/stooq/aapl.us.txt", "market/2024/aapl.us.txt")
     (drop / "market" / "notes.md").write_text("# where these came from\n")
-    run_partition("market_job", "2024-03-07")
+    result = run_partition("market_job", "2024-03-07")
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    rows_check = checks["input_rows_mostly_read"]  # 1 of 10 rows is not more than a tenth
+    assert rows_check.passed is True and rows_check.metadata["rows_rejected"].value == 1
     record = _report(isolated_dirs, "market", "2024-03-07")
     coverage = record["metrics"]["input"]
     assert (coverage["rows_read"], coverage["rows_rejected"]) == (10, 1)
@@ -326,7 +339,10 @@ def test_a_day_outside_the_files_is_not_a_quiet_holiday(drop, run_partition, iso
 
 def test_the_churn_report_counts_customer_rows(drop, run_partition, isolated_dirs):
     _put(drop, "customers/telco-de.csv", "customers/2024/telco-de.csv")
-    run_partition("churn_job", "2024-03-04")
+    result = run_partition("churn_job", "2024-03-04")
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert checks["input_rows_mostly_read"].passed is False  # 1 of 5 rows: more than a tenth
+    assert checks["input_rows_mostly_read"].description == "1 of 5 rows rejected (20%)"
     record = _report(isolated_dirs, "churn", "2024-03-04")
     coverage = record["metrics"]["input"]
     assert (coverage["rows_read"], coverage["rows_rejected"]) == (5, 1)
@@ -363,8 +379,10 @@ def test_an_unchanged_file_is_read_from_the_cache_and_a_changed_one_again(drop, 
 def test_a_damaged_cache_entry_is_parsed_again(drop, isolated_dirs):
     _put(drop, "customers/telco-comma.csv", "customers/telco.csv")
     frame, _ = read_customers_files(drop / "customers", isolated_dirs / "cache")
-    [entry] = (isolated_dirs / "cache" / "customers").glob("*.pickle")
-    entry.write_bytes(b"not a pickle")
+    entries = list((isolated_dirs / "cache" / "customers").glob("*.pickle"))
+    assert len(entries) == 2  # the file's parse and the folder's combined base
+    for entry in entries:
+        entry.write_bytes(b"not a pickle")
     again, coverage = read_customers_files(drop / "customers", isolated_dirs / "cache")
     assert coverage["cache"] == {"hits": 0, "misses": 1}
     pd.testing.assert_frame_equal(again, frame)

@@ -39,7 +39,8 @@ def write_folder(folder: Path, tickers: int) -> int:
         export = pd.DataFrame(
             {
                 "Date": frame["date"].dt.strftime("%Y-%m-%d"),
-                **{c.title(): (frame[c] * scale).round(6) for c in ("open", "high", "low", "close")},
+                **{c.title(): (frame[c] * scale).round(6) for c in ("open", "high", "low")},
+                "Close": (frame["close"] * scale).round(6),
                 "Adj Close": (frame["close"] * scale * 0.98).round(6),
                 "Volume": frame["volume"].astype("int64"),
             }

@@ -9,6 +9,7 @@ from dagster import AssetCheckResult, AssetCheckSeverity, asset_check
 from agent_reports.churn.analysis import MIN_PER_CLASS
 from agent_reports.churn.assets import churn_analysis, churn_customers, churn_report
 from agent_reports.churn.partitions import churn_partitions
+from agent_reports.core.input_checks import rows_mostly_read
 from agent_reports.core.reports import Report
 
 MIN_ROC_AUC = 0.7
@@ -27,6 +28,12 @@ def both_outcomes_present(churn_customers: dict[str, pd.DataFrame]) -> AssetChec
         severity=AssetCheckSeverity.WARN,
         metadata={"short_weeks": json.dumps(short), "minimum_per_outcome": MIN_PER_CLASS},
     )
+
+
+@asset_check(asset=churn_customers, partitions_def=churn_partitions)
+def input_rows_mostly_read(churn_customers: dict[str, pd.DataFrame]) -> AssetCheckResult:
+    """At most a tenth of the rows read were rejected (core/input_checks.py)."""
+    return rows_mostly_read(churn_customers)
 
 
 @asset_check(asset=churn_analysis, partitions_def=churn_partitions)
@@ -57,4 +64,9 @@ def report_is_grounded(churn_report: dict[str, Report]) -> AssetCheckResult:
     )
 
 
-churn_checks = [both_outcomes_present, model_auc_acceptable, report_is_grounded]
+churn_checks = [
+    both_outcomes_present,
+    input_rows_mostly_read,
+    model_auc_acceptable,
+    report_is_grounded,
+]

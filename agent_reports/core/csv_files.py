@@ -4,8 +4,8 @@
   compressed (`.gz`, `.bz2`, `.xz`, `.zip`); a file that is not a table is listed with the
   reason, never dropped in silence.
 - Decoding: a UTF-8 or UTF-16 byte-order mark decides; UTF-16 without one is recognised
-  by its NUL bytes; otherwise strict UTF-8, and failing that charset-normalizer's guess
-  (an old Excel's cp1252, say), recorded in the table's dialect.
+  by its NUL bytes; otherwise strict UTF-8, and failing that charset-normalizer's guess,
+  a Windows code page (an old Excel's cp1252) preferred, recorded in the table's dialect.
 - Splitting: the delimiter (`,` `;` tab `|`) is the one that splits the header into the
   columns the caller needs; the decimal mark is `,` when a number cell of a non-comma file
   holds one; thousands separators (`1,234.5`, `1.234,5`, `1 234,5`) are removed.
@@ -72,6 +72,7 @@ class InputError(ValueError):
 class Found:
     """What a folder holds: the table files to read and the others, each with a reason."""
 
+    folder: Path
     tables: list[Path]
     ignored: list[tuple[Path, str]]
 
@@ -107,7 +108,7 @@ def find_tables(folder: Path, setting: str) -> Found:
             "no CSV files here or in its subfolders (looked for *.csv, *.tsv, *.txt in any "
             "case, plain or .gz/.bz2/.xz/.zip)" + (f"; not read: {listed}" if listed else ""),
         )
-    return Found(tables, ignored)
+    return Found(folder, tables, ignored)
 
 
 def _not_a_table(relative: Path) -> str | None:
@@ -155,10 +156,14 @@ def decode(data: bytes) -> tuple[str, str]:
         pass
     from charset_normalizer import from_bytes
 
-    best = from_bytes(data).best()
-    if best is None:
+    matches = list(from_bytes(data))
+    if not matches:
         raise ValueError("not text in any known encoding (a binary file?)")
-    return str(best), best.encoding
+    # Spreadsheets that do not write UTF-8 write the Windows code page: prefer one of those
+    # among the plausible decodings (on short files the "best" is often a DOS code page).
+    windows = [m for m in matches if m.encoding.startswith("cp125")]
+    chosen = windows[0] if windows else matches[0]
+    return str(chosen), chosen.encoding
 
 
 # ----------------------------------------------------------------------------- splitting
@@ -348,7 +353,7 @@ T = TypeVar("T")
 def file_identity(path: Path) -> tuple[str, int, int, int, int]:
     """(path, device, inode, size, mtime in ns): a file that changes changes this."""
     stat = path.stat()
-    return str(path.resolve()), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+    return os.path.abspath(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 class ParsedCache:
@@ -366,17 +371,30 @@ class ParsedCache:
         self.hits = self.misses = 0
 
     def get(self, path: Path, parse: Callable[[Path], T]) -> T:
-        if self.root is None:
-            return parse(path)
+        """The parse of one file, from the cache while the file is unchanged."""
         identity = file_identity(path)
-        entry = self.root / (hashlib.sha256(identity[0].encode()).hexdigest()[:32] + ".pickle")
-        key = (self.version, identity)
+        return self._lookup(identity[0], identity, lambda: parse(path), 1)
+
+    def folder(self, found: Found, compute: Callable[[], T]) -> T:
+        """A value made from a whole folder's files (their combined rows), from the cache
+        while no file was added, removed or changed: a stat per file, one entry read."""
+        identity = tuple(file_identity(path) for path in found.tables), tuple(found.ignored)
+        name = "folder:" + os.path.abspath(found.folder)
+        return self._lookup(name, identity, compute, len(found.tables), count_miss=False)
+
+    def _lookup(
+        self, name: str, identity: Any, compute: Callable[[], T], files: int, count_miss=True
+    ) -> T:
+        if self.root is None:
+            return compute()
+        entry = self.root / (hashlib.sha256(name.encode()).hexdigest()[:32] + ".pickle")
+        key = (self.version, name, identity)
         cached = self._load(entry)
         if cached is not None and cached[0] == key:
-            self.hits += 1
+            self.hits += files
             return cached[1]
-        self.misses += 1
-        value = parse(path)
+        self.misses += files if count_miss else 0
+        value = compute()
         write_atomic(entry, pickle.dumps((key, value), protocol=pickle.HIGHEST_PROTOCOL))
         return value
 
@@ -411,12 +429,11 @@ def relative_name(path: Path, folder: Path) -> str:
 
 @dataclass
 class FolderRead:
-    """Each readable file's parse, the files not read with why, and the cache's counts."""
+    """Each readable file's parse and the files not read, with why."""
 
     folder: Path
     parsed: list[tuple[Path, Any]]
     ignored: list[tuple[Path, str]]
-    cache: dict[str, int]
 
     def coverage(self, summaries: list[dict[str, Any]]) -> dict[str, Any]:
         """What every CSV source reports: files, rows read, rows rejected, files not read.
@@ -436,18 +453,14 @@ class FolderRead:
 
 
 def read_folder(
-    folder: Path,
-    setting: str,
-    parse: Callable[[Path], T],
-    cache: ParsedCache,
-    what: str,
+    found: Found, parse: Callable[[Path], T], cache: ParsedCache, what: str
 ) -> FolderRead:
-    """Every table file under `folder`, parsed through the cache.
+    """Every table file found, parsed through the cache.
 
     A `.txt` file whose header is not `what` (a README beside the exports) is listed as
     not read; any other file that fails stops the read, its error naming the others too.
     """
-    found = find_tables(folder, setting)
+    folder = found.folder
     ignored = list(found.ignored)
     parsed, errors = [], []
     for path in found.tables:
@@ -464,7 +477,7 @@ def read_folder(
         listed = "; ".join(f"{relative_name(p, folder)}: {why}" for p, why in ignored[:5])
         raise InputError(folder, None, None, f"no readable CSV file here; not read: {listed}")
     ignored.sort()
-    return FolderRead(folder, parsed, ignored, {"hits": cache.hits, "misses": cache.misses})
+    return FolderRead(folder, parsed, ignored)
 
 
 def all_errors(errors: list[InputError], limit: int = 20) -> InputError:
@@ -517,3 +530,15 @@ def coverage_rows(coverage: dict[str, Any], limit: int = 50) -> list[list[Any]]:
     rows += [[i["file"], f"not read: {i['reason']}", 0, 0, None, None] for i in coverage["ignored"]]
     dated = any("first_date" in f for f in files)
     return rows if dated else [row[:4] for row in rows]
+
+
+MAX_REJECTED_SHARE = 0.1
+
+
+def rejected_problem(coverage: dict[str, Any]) -> str | None:
+    """Why a read's rejected rows are too many to trust (more than MAX_REJECTED_SHARE of
+    the rows read), or None."""
+    read, rejected = coverage.get("rows_read", 0), coverage.get("rows_rejected", 0)
+    if read and rejected / read > MAX_REJECTED_SHARE:
+        return f"{rejected:,} of {read:,} rows rejected ({rejected / read:.0%})"
+    return None

@@ -320,22 +320,23 @@ def read_customers_files(
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Every CSV under `folder` (subfolders, any case, compressed or not), one customer base,
     with the coverage of the read; parsed files are cached by identity under `cache_root`."""
+    found = csv_files.find_tables(folder, "AGENT_REPORTS_DATA_DIR/customers")
     cache = csv_files.ParsedCache(cache_root, "customers", PARSER_VERSION)
-    read = csv_files.read_folder(
-        folder,
-        "AGENT_REPORTS_DATA_DIR/customers",
-        read_customers_file,
-        cache,
-        "a customer header",
-    )
-    names = [csv_files.relative_name(path, folder) for path, _ in read.parsed]
+    customers, coverage = cache.folder(found, lambda: _read_customer_files(found, cache))
+    return customers, coverage | {"cache": {"hits": cache.hits, "misses": cache.misses}}
+
+
+def _read_customer_files(
+    found: csv_files.Found, cache: csv_files.ParsedCache
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    read = csv_files.read_folder(found, read_customers_file, cache, "a customer header")
+    names = [csv_files.relative_name(path, found.folder) for path, _ in read.parsed]
     coverage = read.coverage([f.summary(n) for n, (_, f) in zip(names, read.parsed, strict=True)])
     coverage["rejected_examples"] = [
         f"{name}:{line}: {why}"
         for name, (_, f) in zip(names, read.parsed, strict=True)
         for line, why in f.rejected
     ][:20]
-    coverage["cache"] = read.cache
     return combine([(f.frame, f.places) for _, f in read.parsed]), coverage
 
 

@@ -388,20 +388,27 @@ class FileSource:
         """Every price file under `<data_dir>/market/`, read or taken from the cache; a file
         that cannot be read fails the whole read, naming it (and any other bad ones)."""
         folder = self.data_dir / "market"
+        found = csv_files.find_tables(folder, "AGENT_REPORTS_DATA_DIR/market")
         cache = csv_files.ParsedCache(self.cache_root, "market", PARSER_VERSION)
-        read = csv_files.read_folder(
-            folder, "AGENT_REPORTS_DATA_DIR/market", read_market_csv, cache, "a price header"
-        )
-        names = {path: csv_files.relative_name(path, folder) for path, _ in read.parsed}
-        frames = [f.prices.assign(file=names[path]) for path, f in read.parsed]
-        columns = list(empty_market_frame().columns)
-        prices = pd.concat([empty_market_frame(), *frames], ignore_index=True)[columns]
-        coverage = read.coverage([f.summary(names[p]) for p, f in read.parsed])
-        coverage["rejected_examples"] = [
-            f"{names[path]}:{line}: {why}" for path, f in read.parsed for line, why in f.rejected
-        ][:MAX_LISTED]
-        coverage["cache"] = read.cache
+        prices, coverage = cache.folder(found, lambda: _read_market_folder(found, cache))
+        coverage = coverage | {"cache": {"hits": cache.hits, "misses": cache.misses}}
         return MarketRead(in_window(prices, start, end), coverage)
+
+
+def _read_market_folder(
+    found: csv_files.Found, cache: csv_files.ParsedCache
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """All rows of the folder's price files, sorted, and the read's coverage."""
+    read = csv_files.read_folder(found, read_market_csv, cache, "a price header")
+    names = {path: csv_files.relative_name(path, found.folder) for path, _ in read.parsed}
+    frames = [f.prices.assign(file=names[path]) for path, f in read.parsed]
+    columns = list(empty_market_frame().columns)
+    prices = pd.concat([empty_market_frame(), *frames], ignore_index=True)[columns]
+    coverage = read.coverage([f.summary(names[p]) for p, f in read.parsed])
+    coverage["rejected_examples"] = [
+        f"{names[path]}:{line}: {why}" for path, f in read.parsed for line, why in f.rejected
+    ][:MAX_LISTED]
+    return prices.sort_values(["date", "ticker"], kind="stable"), coverage
 
 
 def window_coverage(coverage: dict[str, Any], window: pd.DataFrame) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import pandas as pd
 from dagster import AssetCheckResult, AssetChecksDefinition, asset_check
 
+from agent_reports.core.input_checks import rows_mostly_read
 from agent_reports.core.publishing import report_quality_check
 from agent_reports.core.resources import ReportStoreResource
 from agent_reports.market.assets import market_prices, market_report
@@ -66,6 +67,12 @@ one_row_per_ticker_day = _price_check(
 )
 
 
+@asset_check(asset=market_prices, partitions_def=market_partitions)
+def input_rows_mostly_read(market_prices: dict[str, pd.DataFrame]) -> AssetCheckResult:
+    """At most a tenth of the rows read were rejected (core/input_checks.py)."""
+    return rows_mostly_read(market_prices)
+
+
 @asset_check(asset=market_report, partitions_def=market_partitions)
 def report_is_grounded(context, reports: ReportStoreResource) -> AssetCheckResult:
     """Each report of the run exists, has a summary, and was not degraded to the template."""
@@ -76,5 +83,6 @@ market_checks = [
     prices_present_and_positive,
     high_not_below_low,
     one_row_per_ticker_day,
+    input_rows_mostly_read,
     report_is_grounded,
 ]
