@@ -94,6 +94,21 @@ def test_each_export_layout_and_dialect_reads_its_prices(fixture, ticker, first,
     assert row["line"] == 2
 
 
+def test_a_yfinance_download_with_its_three_header_lines(tmp_path):
+    parsed = read_market_csv(DATA / "market/yfinance/AAPL.csv")
+    first = parsed.prices.iloc[0]
+    assert (first["ticker"], first["line"], first["volume"]) == ("AAPL", 4, 81510100)
+    assert first["close"] == pytest.approx(174.0497589111328)
+    assert first["open"] == pytest.approx(175.14306640625)  # columns by name, not position
+    wide = tmp_path / "download.csv"
+    wide.write_text(
+        "Price,Close,Close,High,High,Low,Low,Open,Open,Volume,Volume\n"
+        "Ticker,AAPL,MSFT,AAPL,MSFT,AAPL,MSFT,AAPL,MSFT,AAPL,MSFT\nDate,,,,,,,,,,\n"
+    )
+    with pytest.raises(InputError, match=r"download.csv:2: column 'ticker': 2 tickers side by"):
+        read_market_csv(wide)
+
+
 def test_thousands_separators_and_a_second_ticker_in_a_semicolon_file():
     prices = read_market_csv(DATA / "market/excel/prices-de.csv").prices
     brk = prices[prices["ticker"] == "BRK-B"].iloc[0]

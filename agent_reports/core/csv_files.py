@@ -215,10 +215,12 @@ def read_table(path: Path, header_fits: Callable[[list[str]], bool]) -> Table:
     try:
         reader = csv.reader(io.StringIO(text.lstrip("\ufeff"), newline=""), delimiter=delimiter)
         header = [name.strip() for name in next(reader)]
+        header, extra = _stacked_header(path, reader, header)
         table = Table(path, header, [], [], delimiter, encoding)
         if not header_fits(header):
             return table  # no rows: the caller says what the header lacks
         for row in reader:
+            row += extra
             if not any(cell.strip() for cell in row):
                 if row and len(row) > 1:
                     table.empty_rows.append(reader.line_num)
@@ -230,6 +232,23 @@ def read_table(path: Path, header_fits: Callable[[list[str]], bool]) -> Table:
     except csv.Error as error:
         raise InputError(path, reader.line_num, None, f"cannot be read ({error})") from None
     return table
+
+
+def _stacked_header(path: Path, reader: Any, header: list[str]) -> tuple[list[str], list[str]]:
+    """The header, and cells to add to each row, of yfinance's `download(...).to_csv()`:
+    three header lines, `Price,Close,...` / `Ticker,AAPL,...` / `Date,,...`: the ticker
+    becomes a column. Any other header is returned as it is."""
+    if not header or header[0].lower() != "price":
+        return header, []
+    second, third = next(reader, []), next(reader, [])
+    if not (second and third and second[0].lower() == "ticker" and third[0].lower() == "date"):
+        raise InputError(path, 2, None, "a 'Price' header line not followed by Ticker and Date")
+    tickers = {cell.strip() for cell in second[1:]}
+    if len(tickers) != 1:
+        raise InputError(
+            path, 2, "ticker", f"{len(tickers)} tickers side by side: save one ticker per file"
+        )
+    return [third[0].strip(), *header[1:], "Ticker"], [tickers.pop()]
 
 
 def choose_delimiter(header_line: str, header_fits: Callable[[list[str]], bool]) -> str:

@@ -262,7 +262,7 @@ def empty_customers() -> pd.DataFrame:
 
 # -------------------------------------------------------------------------------- CSV files
 
-PARSER_VERSION = "customers-csv-2"
+PARSER_VERSION = "customers-csv-2"  # part of the cache key: bump when the parse changes
 
 
 @dataclass

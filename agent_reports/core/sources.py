@@ -216,7 +216,7 @@ REQUIRED_MARKET = ("date", "open", "high", "low", "close", "volume")
 # A file named after its ticker: `AAPL.csv`, `BRK-B.csv`, `aapl.us.txt` (Stooq), `^GSPC.csv`.
 _TICKER_NAME = re.compile(r"^[A-Za-z0-9^][A-Za-z0-9.^=_-]{0,23}$")
 _STOOQ_DOWNLOAD = re.compile(r"^(.+)_([a-z]{2})_d$", re.IGNORECASE)  # aapl_us_d.csv
-PARSER_VERSION = "market-csv-2"
+PARSER_VERSION = "market-csv-2"  # part of the cache key: bump when the parse changes
 
 
 def market_header(names: list[str]) -> dict[str, str]:
