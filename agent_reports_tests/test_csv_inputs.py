@@ -209,15 +209,27 @@ def test_files_are_found_in_subfolders_in_any_case_and_compression(drop):
     (market / "README.txt").write_text("Prices from our broker, one file per year.\n")
     (market / "2024" / "prices.xlsx").write_bytes(b"PK\x03\x04")
     (market / ".DS_Store").write_bytes(b"\x00\x01")
+    (market / ".git" / "objects").mkdir(parents=True)
+    (market / ".git" / "objects" / "pack.csv").write_text("a hidden folder is not walked into")
+    with zipfile.ZipFile(market / "2024" / "SPLT.zip", "w") as archive:
+        archive.write(DATA / "market/yahoo/SPLT.csv", "SPLT.csv")
 
     read = FileSource(drop).market_read(*MARCH)
-    assert sorted(read.prices["ticker"].unique()) == ["AAPL.US", "BRK-B", "IBM", "MSFT", "NVDA"]
+    tickers = ["AAPL.US", "BRK-B", "IBM", "MSFT", "NVDA", "SPLT"]
+    assert sorted(read.prices["ticker"].unique()) == tickers
     files = {f["file"]: f for f in read.coverage["files"]}
-    assert set(files) == {"2024/MSFT.CSV", "2024/aapl.us.TXT.GZ", "ibm.csv.bz2", "nvda.zip.csv.zip"}
-    assert read.coverage["rows_read"] == 5 + 5 + 6 + 3
+    assert set(files) == {
+        "2024/MSFT.CSV",
+        "2024/SPLT.zip",
+        "2024/aapl.us.TXT.GZ",
+        "ibm.csv.bz2",
+        "nvda.zip.csv.zip",
+    }
+    assert read.coverage["rows_read"] == 5 + 5 + 6 + 3 + 24
     assert read.coverage["rows_rejected"] == 1
     assert read.coverage["ignored"] == [
         {"file": ".DS_Store", "reason": "hidden file"},
+        {"file": ".git", "reason": "hidden folder"},
         {"file": "2024/prices.xlsx", "reason": "an Excel workbook: save it as CSV"},
         {"file": "README.txt", "reason": "a text file without a price header"},
     ]

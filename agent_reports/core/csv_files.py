@@ -93,8 +93,7 @@ def find_tables(folder: Path, setting: str) -> Found:
     if not folder.is_dir():
         raise InputError(folder, None, None, f"folder not found ({setting})")
     tables, ignored = [], []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        reason = _not_a_table(path.relative_to(folder))
+    for path, reason in _walk(folder):
         if reason:
             ignored.append((path, reason))
         else:
@@ -111,14 +110,26 @@ def find_tables(folder: Path, setting: str) -> Found:
     return Found(folder, tables, ignored)
 
 
-def _not_a_table(relative: Path) -> str | None:
-    if any(part.startswith(".") for part in relative.parts):
+def _walk(folder: Path) -> list[tuple[Path, str | None]]:
+    """Every file under `folder`, sorted, with why it is not a table (None: it is one); a
+    hidden folder (`.git`) is one entry, not walked into."""
+    entries: list[tuple[Path, str | None]] = []
+    for root, dirs, files in os.walk(folder):
+        hidden = sorted(d for d in dirs if d.startswith("."))
+        entries += [(Path(root) / d, "hidden folder") for d in hidden]
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        entries += [(Path(root) / name, _not_a_table(name)) for name in files]
+    return sorted(entries)
+
+
+def _not_a_table(name: str) -> str | None:
+    if name.startswith("."):
         return "hidden file"
-    if relative.name.startswith("~$"):
+    if name.startswith("~$"):
         return "an editor's lock file"
-    if table_suffix(relative):
-        return None
-    suffix = relative.suffix.lower()
+    if table_suffix(Path(name)) or name.lower().endswith(".zip"):
+        return None  # a .zip is read when it holds one table file
+    suffix = Path(name).suffix.lower()
     return NOT_A_TABLE.get(suffix, f"not a CSV file ({suffix or 'no extension'})")
 
 
@@ -131,8 +142,8 @@ def file_bytes(path: Path) -> bytes:
     if suffix == ".zip":
         with zipfile.ZipFile(path) as archive:
             members = [m for m in archive.namelist() if not m.endswith("/")]
-            if len(members) != 1:
-                raise ValueError(f"the archive holds {len(members)} files, expected one")
+            if len(members) != 1 or not table_suffix(Path(members[0])):
+                raise ValueError(f"the archive holds {members[:5]}, expected one CSV file")
             return archive.read(members[0])
     return _OPENERS.get(suffix, Path.read_bytes)(path)
 
