@@ -357,6 +357,22 @@ def test_the_report_counts_rows_read_and_rejected_and_names_what_it_skipped(
     assert "| MSFT.csv | comma-separated, utf-8 | 5 | 1 | 2024-03-04 | 2024-03-07 |" in markdown
 
 
+def test_a_rerun_on_cached_files_writes_the_same_bytes(drop, run_partition, isolated_dirs):
+    _put(drop, "market/yahoo/SPLT.csv", "market/SPLT.csv")
+    _put(drop, "customers/telco-de.csv", "customers/telco-de.csv")
+    outputs = [
+        isolated_dirs / "reports" / "market" / "2024-03-28.json",
+        isolated_dirs / "reports" / "churn" / "2024-03-04.json",
+    ]
+    run_partition("market_job", "2024-03-28")  # parses the files
+    run_partition("churn_job", "2024-03-04")
+    first = [path.read_bytes() for path in outputs]
+    run_partition("market_job", "2024-03-28")  # reads them from the cache
+    run_partition("churn_job", "2024-03-04")
+    assert [path.read_bytes() for path in outputs] == first
+    assert b"hits" not in first[0] + first[1]
+
+
 def test_a_day_outside_the_files_is_not_a_quiet_holiday(drop, run_partition, isolated_dirs):
     _put(drop, "market/yahoo/MSFT.csv", "market/MSFT.csv")
     run_partition("market_job", "2024-06-03")  # a Monday, months after the file ends

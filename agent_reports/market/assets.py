@@ -61,8 +61,9 @@ def market_prices(
             metadata={"file": error.path, "line": error.line or 0, "column": error.column or ""},
             allow_retries=False,
         ) from None
-    if read.coverage.get("cache"):
-        context.log.info(f"parsed-file cache: {read.coverage['cache']}")
+    cache = read.coverage.pop("cache", None)  # differs run to run: kept out of the report
+    if cache:
+        context.log.info(f"parsed-file cache: {cache}")
     values = {}
     for key, day in days.items():
         window = in_window(read.prices, *history_window(day))
