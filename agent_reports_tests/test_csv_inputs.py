@@ -429,3 +429,12 @@ def test_a_damaged_cache_entry_is_parsed_again(drop, isolated_dirs):
     again, coverage = read_customers_files(drop / "customers", isolated_dirs / "cache")
     assert coverage["cache"] == {"hits": 0, "misses": 1}
     pd.testing.assert_frame_equal(again, frame)
+
+
+def test_a_cache_that_cannot_be_written_does_not_fail_the_read(drop, isolated_dirs):
+    _put(drop, "market/yahoo/MSFT.csv", "market/MSFT.csv")
+    blocked = isolated_dirs / "not-a-folder"
+    blocked.write_text("a file where the cache folder would go")
+    read = FileSource(drop, blocked).market_read(*MARCH)
+    assert len(read.prices) == 4
+    assert FileSource(drop, blocked).market_read(*MARCH).coverage["cache"]["misses"] == 1

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bz2
 import codecs
+import contextlib
 import csv
 import gzip
 import hashlib
@@ -425,7 +426,9 @@ class ParsedCache:
             return cached[1]
         self.misses += files if count_miss else 0
         value = compute()
-        write_atomic(entry, pickle.dumps((key, value), protocol=pickle.HIGHEST_PROTOCOL))
+        # A read-only or full state dir: the read stands, the next run parses again.
+        with contextlib.suppress(OSError):
+            write_atomic(entry, pickle.dumps((key, value), protocol=pickle.HIGHEST_PROTOCOL))
         return value
 
     @staticmethod
