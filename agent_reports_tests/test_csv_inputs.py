@@ -94,6 +94,16 @@ def test_each_export_layout_and_dialect_reads_its_prices(fixture, ticker, first,
     assert row["line"] == 2
 
 
+def test_an_excel_sep_hint_line_names_the_delimiter(tmp_path):
+    path = tmp_path / "IBM.csv"
+    path.write_text(
+        "sep=;\nDate;Open;High;Low;Close;Volume\n2024-03-04;187,76;188,3;185,55;185,98;4012345\n"
+    )
+    parsed = read_market_csv(path)
+    assert parsed.prices.iloc[0][["close", "line"]].tolist() == [185.98, 3]
+    assert parsed.dialect == "semicolon-separated, decimal comma, utf-8"
+
+
 def test_a_yfinance_download_with_its_three_header_lines(tmp_path):
     parsed = read_market_csv(DATA / "market/yfinance/AAPL.csv")
     first = parsed.prices.iloc[0]

@@ -220,12 +220,18 @@ def read_table(path: Path, header_fits: Callable[[list[str]], bool]) -> Table:
         text, encoding = decode(file_bytes(path))
     except _DECODE_ERRORS as error:
         raise InputError(path, None, None, f"cannot be read ({error})") from None
-    first = text.lstrip("\ufeff").splitlines()[:1]
+    text = text.lstrip("\ufeff")
+    first = text.splitlines()[:2]
+    hint = _SEP_HINT.match(first[0]) if first else None  # Excel's `sep=;` first line
+    if hint:
+        first = first[1:]
     if not first or not first[0].strip():
         raise InputError(path, 1, None, "the file is empty: expected a header line")
-    delimiter = choose_delimiter(first[0], header_fits)
+    delimiter = hint[1] if hint else choose_delimiter(first[0], header_fits)
     try:
-        reader = csv.reader(io.StringIO(text.lstrip("\ufeff"), newline=""), delimiter=delimiter)
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+        if hint:
+            next(reader)
         header = [name.strip() for name in next(reader)]
         header, extra = _stacked_header(path, reader, header)
         table = Table(path, header, [], [], delimiter, encoding)
@@ -261,6 +267,9 @@ def _stacked_header(path: Path, reader: Any, header: list[str]) -> tuple[list[st
             path, 2, "ticker", f"{len(tickers)} tickers side by side: save one ticker per file"
         )
     return [third[0].strip(), *header[1:], "Ticker"], [tickers.pop()]
+
+
+_SEP_HINT = re.compile(r"^sep=([,;\t|])\s*$", re.IGNORECASE)
 
 
 def choose_delimiter(header_line: str, header_fits: Callable[[list[str]], bool]) -> str:
