@@ -17,7 +17,7 @@ import pytest
 
 from agent_reports.core.customers import read_customers_file, read_customers_files
 from agent_reports.core.sources import FileSource, InputError, read_market_csv
-from agent_reports.market.analysis import market_metrics
+from agent_reports.market.analysis import market_metrics, split_ratio
 
 DATA = Path(__file__).parent / "data"
 MARCH = (date(2024, 2, 1), date(2024, 4, 1))
@@ -306,6 +306,14 @@ def test_a_two_for_one_split_is_flagged_not_reported_as_a_crash(fixture, ticker,
     if evidence == "price move":
         assert got["volume_ratio_20d"] < 1.5  # volumes before the split are scaled too
     assert metrics["top_movers"][0]["return_1d"] > 0
+
+
+@pytest.mark.parametrize(
+    ("move", "ratio"),
+    [(0.5, (2, 1)), (0.251, (4, 1)), (10.2, (1, 10)), (0.667, (3, 2)), (0.9, None), (0.0, None)],
+)
+def test_split_ratios_forward_and_reverse(move, ratio):
+    assert split_ratio(move) == ratio
 
 
 def test_the_day_before_a_split_has_no_split(drop):

@@ -68,14 +68,16 @@ def price_basis(history: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, str, lis
     """
     closes = history["close"].to_numpy(dtype="float64")
     volumes = history["volume"].to_numpy(dtype="float64")
-    moves = closes[1:] / closes[:-1]
+    with np.errstate(divide="ignore", invalid="ignore"):  # a zero price: the checks block it
+        moves = closes[1:] / closes[:-1]
     adjusted = history["adj_close"].to_numpy(dtype="float64") if "adj_close" in history else None
     if adjusted is not None and len(adjusted) and np.isfinite(adjusted).all():
         # The adjusted close already holds the split: the raw move beyond it is the split.
-        adjusted_moves = adjusted[1:] / adjusted[:-1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            adjusted_moves = moves / (adjusted[1:] / adjusted[:-1])
         splits = [
             (i + 1, ratio, "adjusted close")
-            for i, move in enumerate(moves / adjusted_moves)
+            for i, move in enumerate(adjusted_moves)
             if (ratio := split_ratio(move)) is not None
         ]
         return adjusted, volumes, "adj_close", splits
