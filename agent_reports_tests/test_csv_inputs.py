@@ -332,6 +332,8 @@ def test_the_split_reads_as_a_split_in_the_report(drop, run_partition, isolated_
         record["findings"]
     )
     assert any(f["title"] == "NADJ.US: probable 2:1 split" for f in record["findings"])
+    markdown = (isolated_dirs / "reports" / "market" / "2024-03-28.md").read_text()
+    assert "| NADJ.US | 54.06 | " in markdown and "adj close" not in markdown  # none in file
 
 
 # ---------------------------------------------------------------- checks and coverage

@@ -127,11 +127,13 @@ def market_report(
 
 def build_market_report(key: str, metrics: dict, answer: AnalystAnswer) -> Report:
     window = market_partitions.time_window_for_partition_key(key)
+    adjusted = any(m.get("adj_close") is not None for m in metrics["tickers"].values())
+    columns = TICKER_COLUMNS if adjusted else [c for c in TICKER_COLUMNS if c != "adj close"]
     rows = [
         [
             t,
             m["close"],
-            m.get("adj_close"),
+            *([m["adj_close"]] if adjusted else []),
             m["return_1d"],
             m["volatility_20d"],
             m["volume_ratio_20d"],
@@ -151,7 +153,7 @@ def build_market_report(key: str, metrics: dict, answer: AnalystAnswer) -> Repor
         prompts.PROMPT_VERSION,
         findings=answer.narrative["findings"],
         metrics=metrics,
-        tables=([Table("Tickers", TICKER_COLUMNS, rows)] if rows else [])
+        tables=([Table("Tickers", columns, rows)] if rows else [])
         + (
             [Table("Input files", COVERAGE_COLUMNS, coverage_rows(coverage))]
             if coverage.get("files")
