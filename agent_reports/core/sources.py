@@ -363,13 +363,14 @@ class FileSource:
         self.cache_root = cache_root if cache_root is not None else csv_files.default_cache_root()
 
     def access_logs(self, start: datetime, end: datetime) -> Iterator[LogChunk]:
-        """Every file under `<data_dir>/logs/` (plain or .gz, any names), streamed."""
-        from agent_reports.core.access_logs import log_files, read_access_logs
+        """What is new under `<data_dir>/logs/` (plain or .gz, any names) ingested into the
+        log store (core/log_store.py), then the window read from the store."""
+        from agent_reports.core.log_store import ingest_and_read
 
         folder = self.data_dir / "logs"
         if not folder.is_dir():
             raise InputError(folder, None, None, "folder not found (AGENT_REPORTS_DATA_DIR/logs)")
-        return read_access_logs(log_files(folder), start, end)
+        return ingest_and_read(folder, start, end)
 
     def customers(self) -> pd.DataFrame:
         """Every CSV under `<data_dir>/customers/`, one base."""

@@ -1,0 +1,708 @@
+"""The ingest-once store for access logs: each raw line parsed once, kept in Parquet by UTC hour.
+
+An analysis asks for a window; reading it from the raw files would cost the whole
+history on every run. Instead `LogStore.ingest` parses what is new under the logs folder
+and appends it, hour by hour, to Parquet files under the state dir, and `LogStore.read`
+returns only the hours asked for. See docs/log-store.md.
+
+Raw files are tracked as *contents* (a stream of log lines, with how many bytes and
+lines of it were consumed) and *files* (device + inode, size, mtime: where a content is
+on disk now). The first bytes of a content (gunzipped) identify it across a rename and
+a compression, so after logrotate (`access.log` -> `access.log.1` -> `access.log.2.gz`,
+or `access.log-YYYYMMDD.gz`) nothing is read twice; a grown file is read from its offset;
+a truncated file, or another file at the same path, is a new content read from its start.
+
+Crash safety: the hour files of a step are written first, under names no reader knows,
+then one SQLite transaction records them together with the new offsets. A crash before
+the commit leaves unknown files, deleted by the next ingest, which reads the same bytes
+again; a crash after it leaves nothing to redo. One ingest at a time (a file lock);
+readers never wait: they read the committed list of hour files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import sqlite3
+import struct
+import time
+import uuid
+import zlib
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from filelock import FileLock, Timeout
+
+from agent_reports.core.access_logs import (
+    MALFORMED_SCHEMA,
+    RECORD_SCHEMA,
+    LogChunk,
+    line_blocks,
+    log_files,
+    open_log,
+    parse_blocks,
+)
+
+HEAD_BYTES = 4096  # the first bytes of a content that identify it
+COMMIT_BYTES = 64 * 1024 * 1024  # raw bytes parsed between two commits of one file
+MAX_PARTS_PER_HOUR = 8  # more parts than this in an hour are merged into one
+RETIRED_SECONDS = 3600  # merged parts stay on disk this long, for readers still on them
+LOCK_TIMEOUT_SECONDS = 900
+GZIP_MAGIC = b"\x1f\x8b"
+# Parse with an unbounded window: the store keeps every line; reads choose the hours.
+EVER = (datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC))
+NO_HOUR = -1  # the hour of malformed lines with no time at all (a file with no good line)
+
+SCHEMA_SQL = """
+CREATE TABLE IF NOT EXISTS contents (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL,          -- where it was last read
+    head_len INTEGER NOT NULL,   -- bytes hashed (min(HEAD_BYTES, consumed))
+    head_hash TEXT NOT NULL,
+    consumed INTEGER NOT NULL,   -- bytes of the (gunzipped) stream parsed, whole lines
+    lines INTEGER NOT NULL,      -- lines parsed
+    last_time INTEGER,           -- time of the last good line, for malformed lines after it
+    problem TEXT                 -- why the last read broke off, if it did
+);
+CREATE INDEX IF NOT EXISTS contents_head ON contents (head_len, head_hash);
+CREATE TABLE IF NOT EXISTS files (
+    dev INTEGER NOT NULL, inode INTEGER NOT NULL,
+    path TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+    content_id INTEGER NOT NULL REFERENCES contents (id),
+    PRIMARY KEY (dev, inode)
+);
+CREATE TABLE IF NOT EXISTS parts (
+    name TEXT PRIMARY KEY,       -- relative to the store's root
+    kind TEXT NOT NULL,          -- records | malformed
+    hour INTEGER NOT NULL,       -- epoch hour, UTC; NO_HOUR for malformed lines with no time
+    rows INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,      -- size of the Parquet file
+    committed_at REAL NOT NULL   -- wall-clock time of the ingest that added it
+);
+CREATE INDEX IF NOT EXISTS parts_hour ON parts (hour);
+CREATE TABLE IF NOT EXISTS hour_sources (
+    hour INTEGER NOT NULL, content_id INTEGER NOT NULL, PRIMARY KEY (hour, content_id)
+);
+CREATE TABLE IF NOT EXISTS retired (name TEXT PRIMARY KEY, retired_at REAL NOT NULL);
+"""
+
+_LOAD_BY = {
+    "id": "SELECT id, path, head_len, head_hash, consumed, lines, last_time, problem "
+    "FROM contents WHERE id = ?",
+    "head": "SELECT id, path, head_len, head_hash, consumed, lines, last_time, problem "
+    "FROM contents WHERE head_len = ? AND head_hash = ? ORDER BY consumed DESC LIMIT 1",
+}
+
+
+@dataclass(frozen=True)
+class HourStats:
+    """What the store holds for one UTC hour (shown as the store asset's metadata)."""
+
+    hour: int
+    lines: int
+    malformed: int
+    bytes: int
+    files: int
+    parts: int
+    last_committed_at: float
+
+
+@dataclass
+class IngestSummary:
+    """What one ingest did: files looked at, read, skipped, and the hours it added lines to."""
+
+    files_seen: int = 0
+    files_read: int = 0
+    lines: int = 0
+    malformed: int = 0
+    bytes_read: int = 0
+    hours: set[int] = field(default_factory=set)
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Content:
+    """A row of `contents` while it is being read."""
+
+    id: int
+    path: str
+    head_len: int
+    head_hash: str
+    consumed: int
+    lines: int
+    last_time: int | None
+    problem: str | None = None
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _head(path: Path) -> tuple[bytes, bool]:
+    """The first HEAD_BYTES of the file's lines (gunzipped), and whether it is compressed."""
+    with open_log(path) as stream:
+        head = b""
+        try:
+            while len(head) < HEAD_BYTES and (piece := stream.read(HEAD_BYTES - len(head))):
+                head += piece
+        except (EOFError, OSError):
+            pass  # a broken-off .gz: identify it by what can be read
+    with open(path, "rb") as raw:
+        compressed = raw.read(2) == GZIP_MAGIC
+    return head, compressed
+
+
+def _gzip_size(path: Path) -> int | None:
+    """The uncompressed size modulo 2**32 from a gzip trailer (ISIZE), or None if too short."""
+    with open(path, "rb") as raw:
+        raw.seek(0, os.SEEK_END)
+        if raw.tell() < 18:
+            return None
+        raw.seek(-4, os.SEEK_END)
+        return struct.unpack("<I", raw.read(4))[0]
+
+
+def _skip(stream: BinaryIO, count: int, compressed: bool) -> None:
+    """Move past the first `count` bytes of the stream (a gzip stream is read through)."""
+    if not compressed:
+        stream.seek(count)
+        return
+    while count > 0:
+        piece = stream.read(min(count, 1024 * 1024))
+        if not piece:
+            break
+        count -= len(piece)
+
+
+def _whole_lines(blocks: Iterable[bytes], final: bool) -> Iterator[bytes]:
+    """The blocks, with a last line that has no newline held back unless the file is final
+    (a compressed file is; a plain one may be mid-write: that line is read next time)."""
+    if final:
+        yield from blocks
+        return
+    previous = None
+    for block in blocks:
+        if previous is not None:
+            yield previous
+        previous = block
+    if previous:
+        previous = previous[: previous.rfind(b"\n") + 1]
+        if previous:
+            yield previous
+
+
+def _blank_lines(block: bytes) -> np.ndarray:
+    """Per line of the block: whether it holds only whitespace (the parser skips those)."""
+    data = np.frombuffer(block, dtype=np.uint8)
+    ends = np.flatnonzero(data == 10) + 1
+    if len(ends) == 0 or ends[-1] != len(block):
+        ends = np.append(ends, len(block))
+    starts = np.concatenate([[0], ends[:-1]])
+    visible = np.cumsum(~np.isin(data, (9, 10, 13, 32)), dtype=np.int64)
+    visible = np.concatenate([[0], visible])
+    return visible[ends] - visible[starts] == 0
+
+
+def _record_lines(chunk: LogChunk, block: bytes, first_line: int) -> pa.Array:
+    """Line numbers of the chunk's records: the block's lines less its malformed and blank
+    ones, in order; null if that does not add up (a parser that counts differently)."""
+    candidate = ~_blank_lines(block)
+    relative = chunk.malformed.column("line").to_numpy() - (first_line - 1) - 1
+    relative = relative[(relative >= 0) & (relative < len(candidate))]
+    candidate[relative] = False
+    numbers = np.flatnonzero(candidate) + first_line
+    if len(numbers) != chunk.records.num_rows:
+        return pa.nulls(chunk.records.num_rows, pa.int64())
+    return pa.array(numbers, pa.int64())
+
+
+def _hours_of(times: pa.Array) -> np.ndarray:
+    """Epoch hour of each time; NO_HOUR where the time is null."""
+    values = pc.fill_null(times, NO_HOUR * 3600).to_numpy(zero_copy_only=False)
+    return np.floor_divide(values, 3600)
+
+
+def _hour_label(hour: int) -> str:
+    if hour == NO_HOUR:
+        return "no-time"
+    return datetime.fromtimestamp(hour * 3600, UTC).strftime("%Y-%m-%dT%H")
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """The table with exactly the schema's columns (a column the parser did not produce
+    when this part was written is null)."""
+    columns = [
+        table.column(f.name).cast(f.type)
+        if f.name in table.column_names
+        else pa.nulls(table.num_rows, f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+class _HourBuffer:
+    """Parsed tables of one content waiting to be written, by hour."""
+
+    def __init__(self) -> None:
+        self.tables: dict[tuple[str, int], list[pa.Table]] = defaultdict(list)
+        self.raw_bytes = 0
+
+    def add(self, kind: str, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        hours = _hours_of(table.column("time"))
+        for hour in np.unique(hours):
+            self.tables[(kind, int(hour))].append(table.filter(pa.array(hours == hour)))
+
+    def rows(self, kind: str) -> int:
+        return sum(t.num_rows for (k, _), ts in self.tables.items() if k == kind for t in ts)
+
+
+class LogStore:
+    """The store of one logs folder, under `root` (created on first use)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        with closing(self._connect()) as db:
+            db.executescript(SCHEMA_SQL)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.root / "manifest.sqlite", timeout=60, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        return db
+
+    @contextmanager
+    def _transaction(self, db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    @contextmanager
+    def _ingest_lock(self) -> Iterator[None]:
+        lock = FileLock(self.root / "ingest.lock", timeout=LOCK_TIMEOUT_SECONDS)
+        try:
+            with lock:
+                yield
+        except Timeout:
+            raise TimeoutError(
+                f"{self.root}: another ingest has held the lock for {LOCK_TIMEOUT_SECONDS} s"
+            ) from None
+
+    def _write_part(self, kind: str, hour: int, table: pa.Table) -> tuple:
+        name = f"{kind}/{_hour_label(hour)}/{uuid.uuid4().hex}.parquet"
+        path = self.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, path, compression="zstd")
+        with open(path, "rb") as written:
+            os.fsync(written.fileno())
+        return (name, kind, hour, table.num_rows, path.stat().st_size, time.time())
+
+    def _collect_garbage(self, db: sqlite3.Connection) -> None:
+        """Delete part files no commit recorded (a crashed ingest) and merged parts whose
+        readers have had time to finish."""
+        known = {row[0] for row in db.execute("SELECT name FROM parts")}
+        cutoff = time.time() - RETIRED_SECONDS
+        keep = {
+            row[0] for row in db.execute("SELECT name FROM retired WHERE retired_at > ?", (cutoff,))
+        }
+        for kind in ("records", "malformed"):
+            for path in (self.root / kind).glob("*/*.parquet"):
+                name = path.relative_to(self.root).as_posix()
+                if name not in known and name not in keep:
+                    path.unlink(missing_ok=True)
+        db.execute("DELETE FROM retired WHERE retired_at <= ?", (cutoff,))
+
+    # -------------------------------------------------------------------- ingest
+
+    def ingest(self, folder: Path) -> IngestSummary:
+        """Parse and store what is new in every file under `folder`; one ingest at a time."""
+        summary = IngestSummary()
+        with self._ingest_lock(), closing(self._connect()) as db:
+            self._collect_garbage(db)
+            for path in log_files(folder):
+                summary.files_seen += 1
+                self._ingest_file(db, path, summary)
+            self._merge_small_parts(db, summary.hours)
+        return summary
+
+    def _ingest_file(self, db: sqlite3.Connection, path: Path, summary: IngestSummary) -> None:
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return  # rotated away since it was listed: its new name is listed too, or later
+        known = db.execute(
+            "SELECT size, mtime_ns, content_id, path FROM files WHERE dev = ? AND inode = ?",
+            (stat.st_dev, stat.st_ino),
+        ).fetchone()
+        if known and known[:2] == (stat.st_size, stat.st_mtime_ns):
+            if known[3] != str(path):  # renamed, unchanged
+                db.execute(
+                    "UPDATE files SET path = ? WHERE dev = ? AND inode = ?",
+                    (str(path), stat.st_dev, stat.st_ino),
+                )
+            return
+        head, compressed = _head(path)
+        content = self._content_for(db, known[2] if known else None, head, stat.st_size, compressed)
+        if content is None:
+            content = self._new_content(db, path)
+        elif compressed and _gzip_size(path) == content.consumed % 2**32:
+            self._record_file(db, path, stat, content.id)  # a compressed copy, read already
+            return
+        self._read_content(db, path, stat, content, compressed, head, summary)
+
+    def _content_for(
+        self,
+        db: sqlite3.Connection,
+        content_id: int | None,
+        head: bytes,
+        size: int,
+        compressed: bool,
+    ) -> _Content | None:
+        """The content this file holds, if already known: the same inode whose head is
+        unchanged and which has not shrunk; else any content with the same head."""
+        if content_id is not None:
+            content = self._load(db, "id", (content_id,))
+            if (
+                content is not None
+                and _digest(head[: content.head_len]) == content.head_hash
+                and (compressed or size >= content.consumed)
+            ):
+                return content
+        lengths = [row[0] for row in db.execute("SELECT DISTINCT head_len FROM contents")]
+        for length in sorted((n for n in lengths if 0 < n <= len(head)), reverse=True):
+            match = self._load(db, "head", (length, _digest(head[:length])))
+            if match is not None:
+                return match
+        return None
+
+    def _load(self, db: sqlite3.Connection, by: str, args: tuple) -> _Content | None:
+        """A content by id, or the most read one with a given head."""
+        row = db.execute(_LOAD_BY[by], args).fetchone()
+        return _Content(*row) if row else None
+
+    def _new_content(self, db: sqlite3.Connection, path: Path) -> _Content:
+        cursor = db.execute(
+            "INSERT INTO contents (path, head_len, head_hash, consumed, lines) "
+            "VALUES (?, 0, ?, 0, 0)",
+            (str(path), _digest(b"")),
+        )
+        return _Content(cursor.lastrowid, str(path), 0, _digest(b""), 0, 0, None)
+
+    def _record_file(
+        self,
+        db: sqlite3.Connection,
+        path: Path,
+        stat: os.stat_result,
+        content_id: int,
+        done: bool = True,
+    ) -> None:
+        """Where the content is on disk; `done=False` (a partial read) forces a re-check."""
+        db.execute(
+            "INSERT OR REPLACE INTO files (dev, inode, path, size, mtime_ns, content_id) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                stat.st_dev,
+                stat.st_ino,
+                str(path),
+                stat.st_size if done else -1,
+                stat.st_mtime_ns,
+                content_id,
+            ),
+        )
+
+    def _read_content(
+        self,
+        db: sqlite3.Connection,
+        path: Path,
+        stat: os.stat_result,
+        content: _Content,
+        compressed: bool,
+        head: bytes,
+        summary: IngestSummary,
+    ) -> None:
+        """Parse the content from its offset, committing every COMMIT_BYTES and at the end."""
+        summary.files_read += 1
+        content.path, content.problem = str(path), None
+        buffer = _HourBuffer()
+        start_lines = content.lines
+        blocks: list[bytes] = []
+
+        def tracked(source: Iterable[bytes]) -> Iterator[bytes]:
+            for block in source:
+                blocks.append(block)
+                yield block
+
+        try:
+            with open_log(path) as stream:
+                _skip(stream, content.consumed, compressed)
+                raw = _whole_lines(line_blocks(stream), final=compressed)
+                for chunk in parse_blocks(tracked(raw), str(path), *EVER):
+                    block = blocks.pop()
+                    self._add_chunk(buffer, chunk, block, content, start_lines)
+                    if buffer.raw_bytes >= COMMIT_BYTES:
+                        self._commit(db, path, stat, content, head, buffer, summary, done=False)
+                        buffer = _HourBuffer()
+        except (EOFError, OSError, zlib.error) as error:
+            content.problem = (
+                f"<file unreadable after line {content.lines}: {type(error).__name__}>"
+            )
+        self._commit(db, path, stat, content, head, buffer, summary, done=True)
+
+    def _add_chunk(
+        self,
+        buffer: _HourBuffer,
+        chunk: LogChunk,
+        block: bytes,
+        content: _Content,
+        start_lines: int,
+    ) -> None:
+        """One parsed block: number its lines from the content's start, place it by hour."""
+        first_line = content.lines + 1
+        malformed = chunk.malformed  # numbered by parse_blocks from this read's start
+        if start_lines:
+            malformed = malformed.set_column(
+                2, "line", pc.add(malformed.column("line"), start_lines)
+            )
+        records = chunk.records
+        lines = _record_lines(LogChunk(records, malformed), block, first_line)
+        records = records.append_column(
+            "file", pa.array([content.path] * records.num_rows, pa.string())
+        )
+        records = records.append_column("line", lines)
+        malformed = self._place_leading_malformed(malformed, lines, content.last_time)
+        buffer.add("records", records)
+        buffer.add("malformed", malformed)
+        buffer.raw_bytes += len(block)
+        content.consumed += len(block)
+        content.lines = start_lines + chunk.lines_read
+        if records.num_rows:
+            content.last_time = int(records.column("time")[-1].as_py())
+
+    @staticmethod
+    def _place_leading_malformed(
+        malformed: pa.Table, record_lines: pa.Array, last_time: int | None
+    ) -> pa.Table:
+        """Malformed lines before this read's first good line belong with the good line
+        before them, read by an earlier ingest (the parser only sees this read)."""
+        if last_time is None or malformed.num_rows == 0:
+            return malformed
+        first_good = pc.min(record_lines).as_py()
+        lines = malformed.column("line")
+        leading = pc.less(lines, first_good) if first_good is not None else pc.is_valid(lines)
+        times = pc.if_else(leading, pa.scalar(last_time, pa.int64()), malformed.column("time"))
+        return malformed.set_column(0, "time", times)
+
+    def _commit(
+        self,
+        db: sqlite3.Connection,
+        path: Path,
+        stat: os.stat_result,
+        content: _Content,
+        head: bytes,
+        buffer: _HourBuffer,
+        summary: IngestSummary,
+        done: bool,
+    ) -> None:
+        """Write the buffer's hour files, then record them and the new offset in one
+        transaction: before it nothing counts, after it nothing is read again."""
+        parts = []
+        for (kind, hour), tables in buffer.tables.items():
+            schema = tables[0].schema
+            table = pa.concat_tables([t.cast(schema) for t in tables])
+            parts.append(self._write_part(kind, hour, table))
+        head_len = min(len(head), content.consumed, HEAD_BYTES)
+        with self._transaction(db):
+            db.executemany("INSERT INTO parts VALUES (?, ?, ?, ?, ?, ?)", parts)
+            db.executemany(
+                "INSERT OR IGNORE INTO hour_sources VALUES (?, ?)",
+                {(part[2], content.id) for part in parts},
+            )
+            db.execute(
+                "UPDATE contents SET path = ?, head_len = ?, head_hash = ?, consumed = ?, "
+                "lines = ?, last_time = ?, problem = ? WHERE id = ?",
+                (
+                    content.path,
+                    head_len,
+                    _digest(head[:head_len]),
+                    content.consumed,
+                    content.lines,
+                    content.last_time,
+                    content.problem,
+                    content.id,
+                ),
+            )
+            self._record_file(db, path, stat, content.id, done)
+        summary.lines += buffer.rows("records") + buffer.rows("malformed")
+        summary.malformed += buffer.rows("malformed")
+        summary.bytes_read += buffer.raw_bytes
+        summary.hours.update(hour for (_, hour) in buffer.tables if hour != NO_HOUR)
+        if content.problem:
+            summary.problems.append(f"{path}: {content.problem}")
+
+    def _merge_small_parts(self, db: sqlite3.Connection, hours: Iterable[int]) -> None:
+        """Merge an hour's parts into one file once it has more than MAX_PARTS_PER_HOUR
+        (an hourly ingest adds one or two per hour), keeping reads to a few files."""
+        for hour in sorted(hours):
+            for kind in ("records", "malformed"):
+                names = [
+                    row[0]
+                    for row in db.execute(
+                        "SELECT name FROM parts WHERE hour = ? AND kind = ? "
+                        "ORDER BY committed_at, name",
+                        (hour, kind),
+                    )
+                ]
+                if len(names) <= MAX_PARTS_PER_HOUR:
+                    continue
+                merged = pa.concat_tables(self._read_parts(names), promote_options="permissive")
+                part = self._write_part(kind, hour, merged)
+                now = time.time()
+                with self._transaction(db):
+                    db.executemany("DELETE FROM parts WHERE name = ?", [(n,) for n in names])
+                    db.executemany("INSERT INTO retired VALUES (?, ?)", [(n, now) for n in names])
+                    db.execute("INSERT INTO parts VALUES (?, ?, ?, ?, ?, ?)", part)
+
+    # ---------------------------------------------------------------------- read
+
+    def _read_parts(self, names: list[str]) -> list[pa.Table]:
+        return [pq.read_table(self.root / name) for name in names]
+
+    def _parts(self, lo_hour: int, hi_hour: int) -> list[tuple[int, str, str]]:
+        """(hour, kind, name) of the committed parts of hours [lo_hour, hi_hour) and of the
+        malformed lines with no time, in hour order: one consistent snapshot."""
+        with closing(self._connect()) as db:
+            return db.execute(
+                "SELECT hour, kind, name FROM parts WHERE (hour >= ? AND hour < ?) OR hour = ? "
+                "ORDER BY hour, committed_at, name",
+                (lo_hour, hi_hour, NO_HOUR),
+            ).fetchall()
+
+    def _problems(self) -> pa.Table:
+        """One malformed entry per content whose last read broke off (a cut .gz)."""
+        with closing(self._connect()) as db:
+            rows = db.execute("SELECT path, lines, problem FROM contents WHERE problem IS NOT NULL")
+            entries = [
+                {"time": None, "file": path, "line": lines + 1, "text": problem}
+                for path, lines, problem in rows
+            ]
+        return pa.Table.from_pylist(entries, schema=MALFORMED_SCHEMA)
+
+    def read(self, start: datetime, end: datetime, numbered: bool = False) -> Iterator[LogChunk]:
+        """The stored lines timed in [start, end), one chunk per hour, in hour order; the
+        malformed lines with no time come first, in every window (as the raw reader did).
+        `numbered`: records keep the `file` and `line` they came from."""
+        lo, hi = int(start.timestamp()), int(end.timestamp())
+        schema = RECORD_SCHEMA
+        if numbered:
+            schema = schema.append(pa.field("file", pa.string())).append(
+                pa.field("line", pa.int64())
+            )
+        parts = self._parts(lo // 3600, -(-hi // 3600))
+        problems = self._problems()
+        lines_read = 0
+        for hour, group in itertools.groupby(parts, key=lambda part: part[0]):
+            names = defaultdict(list)
+            for _, kind, name in group:
+                names[kind].append(name)
+            records = self._window(names["records"], schema, lo, hi)
+            malformed = self._window(names["malformed"], MALFORMED_SCHEMA, lo, hi, keep_null=True)
+            if hour == NO_HOUR:
+                malformed = pa.concat_tables([problems, malformed])
+                problems = problems.slice(0, 0)
+            lines_read += records.num_rows + malformed.num_rows
+            yield LogChunk(records, malformed, lines_read)
+        if problems.num_rows:
+            yield LogChunk(schema.empty_table(), problems, lines_read + problems.num_rows)
+
+    def _window(
+        self, names: list[str], schema: pa.Schema, lo: int, hi: int, keep_null: bool = False
+    ) -> pa.Table:
+        if not names:
+            return schema.empty_table()
+        table = pa.concat_tables([_conform(t, schema) for t in self._read_parts(names)])
+        times = table.column("time")
+        inside = pc.and_kleene(pc.greater_equal(times, lo), pc.less(times, hi))
+        if keep_null:
+            inside = pc.or_kleene(inside, pc.is_null(times))
+        return table.filter(inside)
+
+    # --------------------------------------------------------------- what it holds
+
+    def hour_stats(self, lo_hour: int, hi_hour: int) -> dict[int, HourStats]:
+        """Lines, malformed lines, bytes on disk, raw files and parts per stored hour."""
+        with closing(self._connect()) as db:
+            rows = db.execute(
+                "SELECT hour, "
+                "SUM(CASE WHEN kind = 'records' THEN rows ELSE 0 END), "
+                "SUM(CASE WHEN kind = 'malformed' THEN rows ELSE 0 END), "
+                "SUM(bytes), COUNT(*), MAX(committed_at), "
+                "(SELECT COUNT(*) FROM hour_sources s WHERE s.hour = parts.hour) "
+                "FROM parts WHERE hour >= ? AND hour < ? GROUP BY hour ORDER BY hour",
+                (lo_hour, hi_hour),
+            ).fetchall()
+        return {
+            hour: HourStats(hour, good + bad, bad, size, files, count, last)
+            for hour, good, bad, size, count, last, files in rows
+        }
+
+    def hours_changed_since(self, since: float) -> dict[int, float]:
+        """Hours that got lines committed after `since` (epoch seconds) → last commit time."""
+        with closing(self._connect()) as db:
+            rows = db.execute(
+                "SELECT hour, MAX(committed_at) FROM parts WHERE committed_at > ? AND hour != ? "
+                "GROUP BY hour ORDER BY hour",
+                (since, NO_HOUR),
+            ).fetchall()
+        return dict(rows)
+
+
+def late_hours(store: LogStore, reported_at: dict[int, float]) -> list[int]:
+    """Hours whose report (epoch hour → when it was materialised) was written before some
+    of its lines reached the store: the windows a late file changed."""
+    if not reported_at:
+        return []
+    changed = store.hours_changed_since(min(reported_at.values()))
+    return [hour for hour, at in changed.items() if hour in reported_at and at > reported_at[hour]]
+
+
+def store_root(state_dir: Path, folder: Path) -> Path:
+    """The store of one logs folder: `<state>/log_store/<hash of the folder's path>/`."""
+    key = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]
+    return state_dir / "log_store" / key
+
+
+def folder_store(folder: Path) -> LogStore:
+    """The store of `folder` under the configured state dir, with a note naming the folder."""
+    from agent_reports.core import settings
+
+    root = store_root(settings.state_dir(), folder)
+    store = LogStore(root)
+    note = root / "folder.txt"
+    if not note.exists():
+        note.write_text(f"{folder.resolve()}\n")
+    return store
+
+
+def ingest_and_read(folder: Path, start: datetime, end: datetime) -> Iterator[LogChunk]:
+    """What the files source does: ingest what is new under `folder`, then read the window."""
+    store = folder_store(folder)
+    store.ingest(folder)
+    return store.read(start, end)

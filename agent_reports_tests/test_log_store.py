@@ -1,0 +1,274 @@
+"""The ingest-once log store: offsets, logrotate's renames and compression, truncation, two
+ingests at once, a SIGKILL mid-ingest, late lines.
+
+Files are named as logrotate leaves them (`access.log`, `access.log.1`, `access.log.2.gz`,
+`access.log-YYYYMMDD.gz` with `dateext`), and lines follow Apache's Combined Log Format
+example from the mod_log_config documentation:
+    127.0.0.1 - frank [10/Oct/2000:13:55:36 -0700] "GET /apache_pb.gif HTTP/1.0" 200 2326
+    "http://www.example.com/start.html" "Mozilla/4.08 [en] (Win98; I ;Nav)"
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from agent_reports.core import log_store
+from agent_reports.core.access_logs import read_access_logs
+from agent_reports.core.log_store import LogStore, late_hours
+
+START = datetime(2024, 3, 1, 10, tzinfo=UTC)
+EVER = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
+COMBINED = (
+    '{client} - frank [{time} +0000] "GET {path} HTTP/1.0" 200 2326 '
+    '"http://www.example.com/start.html" "Mozilla/4.08 [en] (Win98; I ;Nav)"\n'
+)
+
+
+def combined(first: datetime, count: int, tag: str, step: float = 10.0) -> str:
+    """`count` Combined-format lines from `first`, `step` seconds apart, paths /<tag>/<n>."""
+    return "".join(
+        COMBINED.format(
+            client=f"127.0.0.{n % 250 + 1}",
+            time=(first + timedelta(seconds=n * step)).strftime("%d/%b/%Y:%H:%M:%S"),
+            path=f"/{tag}/{n}",
+        )
+        for n in range(count)
+    )
+
+
+def append(path: Path, text: str) -> None:
+    with open(path, "a") as file:
+        file.write(text)
+
+
+def gzip_to(source: Path, target: Path) -> None:
+    """What logrotate's `compress` does: a new .gz file, the original removed."""
+    with open(source, "rb") as plain, gzip.open(target, "wb") as packed:
+        shutil.copyfileobj(plain, packed)
+    source.unlink()
+
+
+def stored_paths(store: LogStore) -> list[str]:
+    return [p for chunk in store.read(*EVER) for p in chunk.records.column("path").to_pylist()]
+
+
+@pytest.fixture
+def logs(tmp_path: Path) -> Path:
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LogStore:
+    return LogStore(tmp_path / "store")
+
+
+def test_a_growing_file_is_read_from_its_offset(logs: Path, store: LogStore) -> None:
+    access = logs / "access.log"
+    append(access, combined(START, 3, "a"))
+    assert store.ingest(logs).lines == 3
+    more = combined(START + timedelta(minutes=5), 2, "b")
+    partial = combined(START + timedelta(minutes=9), 1, "c")
+    append(access, more + partial[:40])  # the server is mid-write of a line
+    second = store.ingest(logs)
+    assert (second.lines, second.bytes_read) == (2, len(more.encode()))
+    append(access, partial[40:])
+    assert store.ingest(logs).lines == 1
+    assert store.ingest(logs).files_read == 0  # unchanged: a stat, nothing read
+    assert stored_paths(store) == ["/a/0", "/a/1", "/a/2", "/b/0", "/b/1", "/c/0"]
+
+
+def test_rotation_by_rename_and_gzip_is_not_read_again(logs: Path, store: LogStore) -> None:
+    access = logs / "access.log"
+    append(access, combined(START, 100, "day1"))
+    store.ingest(logs)
+    append(access, combined(START + timedelta(hours=1), 5, "tail1"))  # after the last ingest
+    # logrotate with delaycompress: rename, then a new access.log
+    access.rename(logs / "access.log.1")
+    append(access, combined(START + timedelta(hours=2), 7, "day2"))
+    assert store.ingest(logs).lines == 5 + 7
+    # Next rotation: .1 is compressed to .2.gz, access.log becomes .1.
+    gzip_to(logs / "access.log.1", logs / "access.log.2.gz")
+    access.rename(logs / "access.log.1")
+    append(access, combined(START + timedelta(hours=3), 4, "day3"))
+    third = store.ingest(logs)
+    assert (third.lines, third.files_read) == (4, 1)
+    # dateext: the same content under a date name; a tail written before compression.
+    append(access, combined(START + timedelta(hours=4), 3, "tail3"))
+    (logs / "access.log.2.gz").rename(logs / "access.log-20240301.gz")
+    gzip_to(logs / "access.log.1", logs / "access.log-20240302.gz")
+    assert store.ingest(logs).lines == 3
+    assert store.ingest(logs).files_read == 0
+    paths = stored_paths(store)
+    assert len(paths) == len(set(paths)) == 100 + 5 + 7 + 4 + 3
+
+
+def test_a_truncated_or_replaced_file_is_read_again(logs: Path, store: LogStore) -> None:
+    access = logs / "access.log"
+    append(access, combined(START, 50, "before"))
+    store.ingest(logs)
+    # logrotate copytruncate: copy to access.log.1, truncate in place, the server goes on.
+    shutil.copyfile(access, logs / "access.log.1")
+    with open(access, "r+") as file:
+        file.truncate(0)
+    append(access, combined(START + timedelta(hours=1), 6, "after"))
+    summary = store.ingest(logs)
+    assert summary.lines == 6
+    # Another file at the same path, longer than what was read: read from its start.
+    access.unlink()
+    append(access, combined(START + timedelta(hours=2), 80, "replaced"))
+    assert store.ingest(logs).lines == 80
+    paths = stored_paths(store)
+    assert len(paths) == len(set(paths)) == 50 + 6 + 80
+
+
+def test_the_store_reads_a_window_as_the_raw_reader_does(logs: Path, store: LogStore) -> None:
+    """Same records and malformed lines (numbered from the file's start across ingests)."""
+    access = logs / "access.log"
+    append(access, combined(START, 500, "x", step=30))
+    store.ingest(logs)
+    append(access, "\x1b[31mjunk\n\n" + combined(START + timedelta(hours=5), 40, "y"))
+    store.ingest(logs)
+    window = (START + timedelta(hours=1), START + timedelta(hours=5, minutes=3))
+    raw = list(read_access_logs([access], *window))
+    stored = list(store.read(*window))
+    for part in ("records", "malformed"):
+        expected = [row for chunk in raw for row in getattr(chunk, part).to_pylist()]
+        got = [row for chunk in stored for row in getattr(chunk, part).to_pylist()]
+        assert sorted(got, key=str) == sorted(expected, key=str) and expected
+    [junk] = [row for chunk in stored for row in chunk.malformed.to_pylist()]
+    assert junk["line"] == 501 and junk["time"] == int(
+        (START + timedelta(seconds=499 * 30)).timestamp()
+    )
+    numbered = [r for c in store.read(*EVER, numbered=True) for r in c.records.to_pylist()]
+    assert {r["path"]: r["line"] for r in numbered}["/y/0"] == 503  # after junk and a blank
+    assert numbered[0]["file"] == str(access)
+
+
+INGEST = """
+import json, sys
+from pathlib import Path
+from agent_reports.core import log_store
+summary = log_store.LogStore(Path(sys.argv[1])).ingest(Path(sys.argv[2]))
+print(json.dumps({"lines": summary.lines}))
+"""
+
+
+def _python(code: str, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, env=env)
+
+
+def test_two_ingests_at_once_count_each_line_once(logs: Path, tmp_path: Path) -> None:
+    for day in range(3):
+        append(
+            logs / f"access.log-2024030{day + 1}",
+            combined(START + timedelta(days=day), 20_000, f"d{day}"),
+        )
+    root = tmp_path / "store"
+    first, second = (_python(INGEST, str(root), str(logs)) for _ in range(2))
+    outputs = [json.loads(p.communicate(timeout=300)[0]) for p in (first, second)]
+    assert first.returncode == second.returncode == 0
+    assert sorted(o["lines"] for o in outputs) == [0, 60_000]  # one waited, then had nothing
+    assert len(stored_paths(LogStore(root))) == 60_000
+
+
+KILLED = """
+import os, signal, sys
+from pathlib import Path
+from agent_reports.core import log_store
+log_store.COMMIT_BYTES = 100_000
+real = log_store.LogStore._transaction
+calls = []
+def dying(self, db):
+    calls.append(1)
+    if len(calls) == int(sys.argv[3]):  # the hour files are written, the commit is next
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, db)
+log_store.LogStore._transaction = dying
+log_store.LogStore(Path(sys.argv[1])).ingest(Path(sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize("kill_at_commit", [1, 4])
+def test_a_kill_mid_ingest_then_resume_counts_each_line_once(
+    logs: Path, tmp_path: Path, kill_at_commit: int
+) -> None:
+    append(logs / "access.log.1", combined(START, 6_000, "old"))
+    append(logs / "access.log", combined(START + timedelta(hours=17), 3_000, "new"))
+    root = tmp_path / "store"
+    process = _python(KILLED, str(root), str(logs), str(kill_at_commit))
+    process.communicate(timeout=300)
+    assert process.returncode == -signal.SIGKILL
+    orphans = list(root.glob("records/*/*.parquet"))
+    assert orphans  # the killed ingest had written hour files it never committed
+    store = LogStore(root)
+    store.ingest(logs)
+    paths = stored_paths(store)
+    assert len(paths) == len(set(paths)) == 9_000
+    assert sum(stats.lines for stats in store.hour_stats(0, 10**9).values()) == 9_000
+    on_disk = {p.relative_to(root).as_posix() for p in root.glob("*/*/*.parquet")}
+    with sqlite3.connect(root / "manifest.sqlite") as db:
+        assert on_disk == {row[0] for row in db.execute("SELECT name FROM parts")}
+
+
+def test_a_kill_at_any_moment_then_resume_counts_each_line_once(logs: Path, tmp_path: Path) -> None:
+    append(logs / "access.log", combined(START, 40_000, "all", step=2))
+    root = tmp_path / "store"
+    code = INGEST.replace(
+        "from agent_reports.core import log_store",
+        "from agent_reports.core import log_store\nlog_store.COMMIT_BYTES = 300_000",
+    )
+    process = _python(code, str(root), str(logs))
+    deadline = time.monotonic() + 120
+    while not list(root.glob("records/*/*.parquet")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    store = LogStore(root)
+    store.ingest(logs)
+    paths = stored_paths(store)
+    assert len(paths) == len(set(paths)) == 40_000
+
+
+def test_late_lines_for_a_reported_hour_are_listed(logs: Path, store: LogStore) -> None:
+    append(logs / "access.log", combined(START, 720, "web1"))  # 10:00-12:00, 10 s apart
+    store.ingest(logs)
+    ten, eleven = (int((START + timedelta(hours=h)).timestamp()) // 3600 for h in (0, 1))
+    reported = {ten: time.time(), eleven: time.time()}
+    assert late_hours(store, reported) == []
+    time.sleep(0.01)
+    # A second server's file for 10:00-10:30 is delivered after the report was written.
+    with gzip.open(logs / "web2-access.log-20240301.gz", "wt") as file:
+        file.write(combined(START, 180, "web2"))
+    store.ingest(logs)
+    assert late_hours(store, reported) == [ten]
+    assert late_hours(store, {ten: time.time()}) == []  # reported again since: not late
+    stats = store.hour_stats(ten, ten + 1)[ten]
+    assert (stats.lines, stats.files, stats.malformed) == (360 + 180, 2, 0)
+
+
+def test_the_files_source_reads_through_the_store(tmp_path: Path) -> None:
+    from agent_reports.core.sources import FileSource
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    append(logs / "access.log", combined(START, 720, "web"))
+    hour = (START + timedelta(hours=1), START + timedelta(hours=2))
+    chunks = list(FileSource(tmp_path).access_logs(*hour))
+    assert sum(c.records.num_rows for c in chunks) == 360
+    assert list((tmp_path / "state" / "log_store").glob("*/manifest.sqlite"))
+    assert log_store.folder_store(logs).hour_stats(0, 10**9)
