@@ -1,25 +1,28 @@
 """The month's access-log records with the file and line each came from, streamed.
 
 An audit finding must cite its evidence, and the shared reader (core/access_logs.py)
-yields records without their line numbers. This reads the same sources with the same
-block parser (`parse_block`), keeping `file` and `line` for every good line; memory stays
-bounded by the block size. `ReadStats` counts the month's lines parsed and skipped, in
-total and per file, so the audit says what it did not read (a malformed line cannot be
-placed in time: it is charged to the month).
+yields records without their line numbers. The files source's records come from the log
+store (core/log_store.py), which keeps the `file` and `line` of every good line, so the
+audit reads only its month; the demo source is numbered here with the same block parser
+(`parse_block`). Memory stays bounded by an hour or a block. `ReadStats` counts the
+month's lines parsed and skipped, in total and per file, so the audit says what it did
+not read (a malformed line is charged to the month of the good line before it, or to
+every month when its file has no good line).
 """
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from agent_reports.core.access_logs import line_blocks, log_files, open_log, parse_block
+from agent_reports.core.access_logs import parse_block
+from agent_reports.core.log_store import folder_store
 from agent_reports.core.sources import DemoSource, FileSource, InputError, Source
 
 
@@ -82,17 +85,30 @@ def _with_origin(records: pa.Table, name: str, lines: np.ndarray) -> pa.Table:
     return records.append_column("file", files).append_column("line", pa.array(lines, pa.int64()))
 
 
-def _file_records(
-    folder_files: list, start: datetime, end: datetime, stats: ReadStats
+def _stored_records(
+    folder: Path, start: datetime, end: datetime, stats: ReadStats
 ) -> Iterator[pa.Table]:
-    for path in folder_files:
-        stats.files += 1
-        try:
-            with open_log(path) as stream:
-                yield from numbered_blocks(line_blocks(stream), str(path), start, end, stats)
-        except (EOFError, OSError, zlib.error) as error:
-            before = stats.per_file.get(str(path), FileStats())
-            stats.broke_off(str(path), before.parsed + before.skipped, error)
+    """The window from the log store (core/log_store.py), after ingesting what is new;
+    every file under the folder counts as read."""
+    store = folder_store(folder)
+    stats.files += store.ingest(folder).files_seen
+    for chunk in store.read(start, end, numbered=True):
+        for name, count in _per_file(chunk.records.column("file")):
+            stats.count(name, count, 0)
+        malformed = chunk.malformed
+        broken = pc.starts_with(malformed.column("text"), "<file unreadable")
+        for row in malformed.filter(broken).to_pylist():
+            stats.broke_off(row["file"], row["line"] - 1, row["text"])
+        for name, count in _per_file(malformed.filter(pc.invert(broken)).column("file")):
+            stats.count(name, 0, count)
+        yield chunk.records
+
+
+def _per_file(files: pa.ChunkedArray) -> list[tuple[str, int]]:
+    counts = pc.value_counts(files)
+    return list(
+        zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True)
+    )
 
 
 def month_records(
@@ -103,7 +119,7 @@ def month_records(
         folder = source.data_dir / "logs"
         if not folder.is_dir():
             raise InputError(folder, None, None, "folder not found (AGENT_REPORTS_DATA_DIR/logs)")
-        yield from _file_records(log_files(folder), start, end, stats)
+        yield from _stored_records(folder, start, end, stats)
     elif isinstance(source, DemoSource):
         from agent_reports.core.access_logs_demo import demo_blocks
 

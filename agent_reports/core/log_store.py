@@ -701,8 +701,10 @@ def folder_store(folder: Path) -> LogStore:
     return store
 
 
-def ingest_and_read(folder: Path, start: datetime, end: datetime) -> Iterator[LogChunk]:
+def ingest_and_read(
+    folder: Path, start: datetime, end: datetime, numbered: bool = False
+) -> Iterator[LogChunk]:
     """What the files source does: ingest what is new under `folder`, then read the window."""
     store = folder_store(folder)
     store.ingest(folder)
-    return store.read(start, end)
+    return store.read(start, end, numbered=numbered)
