@@ -32,12 +32,14 @@ from agent_reports.core.resources import (
     PartitionRangeIOManager,
     ReportStoreResource,
 )
+from agent_reports.ingest import assets as ingest_assets
+from agent_reports.ingest import checks as ingest_checks
 from agent_reports.market import assets as market_assets
 from agent_reports.market import checks as market_checks
 from agent_reports.market.partitions import market_job, market_schedule
 from agent_reports.ops import ClockResource
 from agent_reports.ops.alerts import freshness_alert_sensor, run_failure_alert_sensor
-from agent_reports.ops.catchup import CatchUp, build_catchup_sensors
+from agent_reports.ops.catchup import CatchUp, build_catchup_sensors, build_late_lines_sensor
 from agent_reports.ops.freshness import with_freshness
 from agent_reports.ops.pings import run_ping_sensor
 
@@ -72,10 +74,24 @@ CATCHUPS = [
 
 defs = Definitions(
     assets=load_assets_from_modules(
-        [market_assets, anomalies_assets, churn_assets, compliance_assets, briefing_assets]
+        [
+            market_assets,
+            anomalies_assets,
+            churn_assets,
+            compliance_assets,
+            briefing_assets,
+            ingest_assets,
+        ]
     ),
     asset_checks=load_asset_checks_from_modules(
-        [market_checks, anomalies_checks, churn_checks, compliance_checks, briefing_checks]
+        [
+            market_checks,
+            anomalies_checks,
+            churn_checks,
+            compliance_checks,
+            briefing_checks,
+            ingest_checks,
+        ]
     ),
     jobs=[market_job, anomalies_job, churn_job, compliance_job, briefing_job],
     schedules=[
@@ -87,6 +103,8 @@ defs = Definitions(
     ],
     sensors=[
         *build_catchup_sensors(CATCHUPS),
+        # Windows whose access logs grew after their report (core/log_store.py).
+        build_late_lines_sensor([c for c in CATCHUPS if c.analysis in ("anomalies", "compliance")]),
         freshness_alert_sensor,
         run_failure_alert_sensor,
         run_ping_sensor,

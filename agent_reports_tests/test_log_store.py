@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from dagster import AssetKey
 
 from agent_reports.core import log_store
 from agent_reports.core.access_logs import read_access_logs
@@ -272,3 +273,70 @@ def test_the_files_source_reads_through_the_store(tmp_path: Path) -> None:
     assert sum(c.records.num_rows for c in chunks) == 360
     assert list((tmp_path / "state" / "log_store").glob("*/manifest.sqlite"))
     assert log_store.folder_store(logs).hour_stats(0, 10**9)
+
+
+HOUR_KEY = "2024-03-01-10:00"
+
+
+def _files_env(monkeypatch: pytest.MonkeyPatch, data: Path) -> None:
+    monkeypatch.setenv("AGENT_REPORTS_SOURCE", "files")
+    monkeypatch.setenv("AGENT_REPORTS_DATA_DIR", str(data))
+
+
+def _late_tick(instance, data: Path, cursor: str | None = None):
+    from dagster import build_sensor_context
+
+    from agent_reports.core.resources import DataSourceResource
+    from agent_reports.definitions import defs
+
+    sensor = defs.resolve_sensor_def("late_log_lines_sensor")
+    context = build_sensor_context(
+        instance=instance,
+        cursor=cursor,
+        definitions=defs,
+        resources={"source": DataSourceResource(kind="files", data_dir=str(data))},
+    )
+    return sensor.evaluate_tick(context)
+
+
+def test_store_asset_and_late_lines_rerun_give_a_new_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, instance
+) -> None:
+    """The anomalies job shows the store's hour; a file delivered after the hour's report
+    is listed by the late-lines sensor and, when opted in, re-run into a new report."""
+    from agent_reports.definitions import defs
+
+    data = tmp_path / "data"
+    (data / "logs").mkdir(parents=True)
+    append(data / "logs" / "access.log", combined(START - timedelta(hours=4), 1800, "web1"))
+    _files_env(monkeypatch, data)
+    job = defs.resolve_job_def("anomalies_job")
+    assert job.execute_in_process(partition_key=HOUR_KEY, instance=instance).success
+    [event] = instance.fetch_materializations(AssetKey("access_log_store"), limit=5).records
+    metadata = event.asset_materialization.metadata
+    assert event.partition_key == HOUR_KEY
+    assert (metadata["lines"].value, metadata["files"].value) == (360, 1)
+    assert metadata["malformed_lines"].value == 0 and metadata["bytes"].value > 0
+    report = tmp_path / "reports" / "anomalies" / f"{HOUR_KEY}.json"
+    first = json.loads(report.read_text())
+    assert first["metrics"]["requests"] == 360
+
+    with gzip.open(data / "logs" / "web2-access.log-20240301.gz", "wt") as file:
+        file.write(combined(START, 240, "web2"))
+    log_store.folder_store(data / "logs").ingest(data / "logs")  # e.g. the next hour's run
+    listed = _late_tick(instance, data)
+    assert not listed.run_requests
+    assert f"anomalies {HOUR_KEY}" in listed.skip_message
+    assert "compliance" not in listed.skip_message  # March was never audited
+    assert _late_tick(instance, data, listed.cursor).skip_message.startswith("no lines stored")
+
+    monkeypatch.setenv("AGENT_REPORTS_LATE_LINES_RERUN", "true")
+    [request] = _late_tick(instance, data).run_requests
+    assert (request.partition_key, request.job_name) == (HOUR_KEY, "anomalies_job")
+    assert job.execute_in_process(
+        partition_key=HOUR_KEY, instance=instance, tags=request.tags
+    ).success
+    second = json.loads(report.read_text())
+    assert second["metrics"]["requests"] == 360 + 240
+    assert second["input_fingerprint"] != first["input_fingerprint"]
+    assert _late_tick(instance, data).skip_message == "no late lines for a reported window"

@@ -605,6 +605,10 @@ class LogStore:
             ]
         return pa.Table.from_pylist(entries, schema=MALFORMED_SCHEMA)
 
+    def problems(self) -> list[str]:
+        """The raw files whose last read broke off, and where."""
+        return [f"{row['file']}: {row['text']}" for row in self._problems().to_pylist()]
+
     def read(self, start: datetime, end: datetime, numbered: bool = False) -> Iterator[LogChunk]:
         """The stored lines timed in [start, end), one chunk per hour, in hour order; the
         malformed lines with no time come first, in every window (as the raw reader did).

@@ -11,7 +11,7 @@ pool still keeps two runs of one analysis from overlapping.
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from dagster import (
@@ -244,3 +244,115 @@ def build_catchup_sensor(spec: CatchUp, minimum_interval_seconds: int = 60) -> S
 
 def build_catchup_sensors(specs: Sequence[CatchUp]) -> list[SensorDefinition]:
     return [build_catchup_sensor(spec) for spec in specs]
+
+
+# ----------------------------------------------------------------------------- late lines
+
+LATE_TAG = "agent_reports/late_lines"
+LATE_SENSOR = "late_log_lines_sensor"
+
+
+def late_rerun_enabled() -> bool:
+    """AGENT_REPORTS_LATE_LINES_RERUN=true: re-run windows whose logs grew after their
+    report (default: only list them)."""
+    value = (settings.env("AGENT_REPORTS_LATE_LINES_RERUN", "false") or "").strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError(f"AGENT_REPORTS_LATE_LINES_RERUN must be true or false, not {value!r}")
+    return value in ("true", "1", "yes")
+
+
+def _reported_at(spec: CatchUp, instance: DagsterInstance, keys: list[str]) -> dict[str, float]:
+    """When each partition's report was last materialised (partitions never reported are
+    absent: their first run reads the late lines anyway)."""
+    from dagster import AssetRecordsFilter
+
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=spec.report.key, asset_partitions=keys), limit=10 * len(keys)
+    ).records
+    latest: dict[str, float] = {}
+    for record in records:
+        key = record.partition_key
+        if key is not None:
+            latest[key] = max(latest.get(key, 0.0), record.timestamp)
+    return latest
+
+
+def late_windows(
+    spec: CatchUp, instance: DagsterInstance, changed_hours: dict[int, float]
+) -> list[tuple[str, float]]:
+    """(partition, when its new lines were stored) for each reported window of `spec` with
+    lines stored after its report: the windows a late log file changed."""
+    arrived: dict[str, float] = {}
+    for hour, stored_at in changed_hours.items():
+        start = datetime.fromtimestamp(hour * 3600, tz=UTC)
+        window = TimeWindow(start, start + timedelta(hours=1))
+        for key in spec.partitions_def.get_partition_keys_in_time_window(window):
+            arrived[key] = max(arrived.get(key, 0.0), stored_at)
+    if not arrived:
+        return []
+    reported = _reported_at(spec, instance, sorted(arrived))
+    return [
+        (key, at) for key, at in sorted(arrived.items()) if key in reported and at > reported[key]
+    ]
+
+
+def build_late_lines_sensor(specs: Sequence[CatchUp], minimum_interval_seconds: int = 120):
+    """Lists the windows whose access logs got lines after their report was written (a log
+    file delivered late) and, with AGENT_REPORTS_LATE_LINES_RERUN=true, runs them again:
+    new input, so a new fingerprint and a new report (run_key: window + arrival)."""
+    from agent_reports.core.resources import DataSourceResource
+
+    @sensor(
+        name=LATE_SENSOR,
+        jobs=[spec.job for spec in specs],
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=DefaultSensorStatus.RUNNING,
+        description="Windows whose access logs grew after their report: listed, and re-run "
+        "when AGENT_REPORTS_LATE_LINES_RERUN=true.",
+    )
+    def _late(context: SensorEvaluationContext, source: DataSourceResource):
+        return late_lines_tick(context, specs, source)
+
+    return _late
+
+
+def late_lines_tick(
+    context: SensorEvaluationContext, specs: Sequence[CatchUp], source: Any
+) -> SensorResult | SkipReason:
+    """One evaluation: the store's hours changed since the cursor, matched to reports."""
+    from agent_reports.core.log_store import folder_store
+    from agent_reports.core.sources import FileSource
+
+    files = source.get()
+    folder = getattr(files, "data_dir", None)
+    if not isinstance(files, FileSource) or folder is None or not (folder / "logs").is_dir():
+        return SkipReason("no log store: the source is not `files` or has no logs folder")
+    store = folder_store(folder / "logs")
+    since = float(context.cursor or 0)
+    changed = store.hours_changed_since(since)
+    if not changed:
+        return SkipReason("no lines stored since the last look")
+    cursor = str(max(changed.values()))
+    rerun = late_rerun_enabled()
+    requests, listed = [], []
+    for spec in specs:
+        busy = partitions_in_flight(spec, context.instance)
+        for key, at in late_windows(spec, context.instance, changed):
+            listed.append(f"{spec.analysis} {key}")
+            if rerun and key not in busy:
+                requests.append(
+                    RunRequest(
+                        run_key=f"late:{spec.analysis}:{key}:{at:.6f}",
+                        job_name=spec.job.name,
+                        partition_key=key,
+                        tags={CATCHUP_TAG: "true", LATE_TAG: "true"},
+                    )
+                )
+    if not listed:
+        return SensorResult(skip_reason="no late lines for a reported window", cursor=cursor)
+    message = f"late log lines for {len(listed)} reported window(s): {', '.join(listed)}"
+    context.log.warning(message)
+    if not requests:
+        note = "" if rerun else " (set AGENT_REPORTS_LATE_LINES_RERUN=true to re-run them)"
+        return SensorResult(skip_reason=message + note, cursor=cursor)
+    return SensorResult(run_requests=requests, cursor=cursor)

@@ -1,0 +1,1 @@
+"""The access-log store as an asset (core/log_store.py holds the store itself)."""
