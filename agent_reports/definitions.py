@@ -34,6 +34,7 @@ from agent_reports.core.resources import (
 )
 from agent_reports.ingest import assets as ingest_assets
 from agent_reports.ingest import checks as ingest_checks
+from agent_reports.ingest.assets import ingest_job, ingest_schedule
 from agent_reports.market import assets as market_assets
 from agent_reports.market import checks as market_checks
 from agent_reports.market.partitions import market_job, market_schedule
@@ -93,13 +94,14 @@ defs = Definitions(
             ingest_checks,
         ]
     ),
-    jobs=[market_job, anomalies_job, churn_job, compliance_job, briefing_job],
+    jobs=[market_job, anomalies_job, churn_job, compliance_job, briefing_job, ingest_job],
     schedules=[
         market_schedule,
         anomalies_schedule,
         churn_schedule,
         compliance_schedule,
         briefing_schedule,
+        ingest_schedule,
     ],
     sensors=[
         *build_catchup_sensors(CATCHUPS),

@@ -302,7 +302,7 @@ def _late_tick(instance, data: Path, cursor: str | None = None):
 def test_store_asset_and_late_lines_rerun_give_a_new_report(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, instance
 ) -> None:
-    """The anomalies job shows the store's hour; a file delivered after the hour's report
+    """The store asset shows the hour; a file delivered after the hour's report
     is listed by the late-lines sensor and, when opted in, re-run into a new report."""
     from agent_reports.definitions import defs
 
@@ -312,6 +312,8 @@ def test_store_asset_and_late_lines_rerun_give_a_new_report(
     _files_env(monkeypatch, data)
     job = defs.resolve_job_def("anomalies_job")
     assert job.execute_in_process(partition_key=HOUR_KEY, instance=instance).success
+    ingest = defs.resolve_job_def("ingest_job")
+    assert ingest.execute_in_process(partition_key=HOUR_KEY, instance=instance).success
     [event] = instance.fetch_materializations(AssetKey("access_log_store"), limit=5).records
     metadata = event.asset_materialization.metadata
     assert event.partition_key == HOUR_KEY
