@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 from dagster import AssetKey
+from filelock import FileLock
 
 from agent_reports.core import log_store
 from agent_reports.core.access_logs import read_access_logs
@@ -174,16 +175,21 @@ def _python(code: str, *args: str) -> subprocess.Popen:
 
 
 def test_two_ingests_at_once_count_each_line_once(logs: Path, tmp_path: Path) -> None:
+    """Two processes ingest the same folder at once: they queue on the store's lock (held
+    here first, so both are sure to be waiting), then one reads everything, the other
+    nothing."""
     for day in range(3):
-        append(
-            logs / f"access.log-2024030{day + 1}",
-            combined(START + timedelta(days=day), 20_000, f"d{day}"),
-        )
+        first = START + timedelta(days=day)
+        append(logs / f"access.log-2024030{day + 1}", combined(first, 20_000, f"d{day}"))
     root = tmp_path / "store"
-    first, second = (_python(INGEST, str(root), str(logs)) for _ in range(2))
-    outputs = [json.loads(p.communicate(timeout=300)[0]) for p in (first, second)]
-    assert first.returncode == second.returncode == 0
-    assert sorted(o["lines"] for o in outputs) == [0, 60_000]  # one waited, then had nothing
+    LogStore(root)
+    with FileLock(root / "ingest.lock"):
+        processes = [_python(INGEST, str(root), str(logs)) for _ in range(2)]
+        time.sleep(3)
+        assert [p.poll() for p in processes] == [None, None]  # both wait for the lock
+    outputs = [json.loads(p.communicate(timeout=300)[0]) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0]
+    assert sorted(o["lines"] for o in outputs) == [0, 60_000]
     assert len(stored_paths(LogStore(root))) == 60_000
 
 

@@ -64,19 +64,20 @@ def write_days(pool: Path, days: int) -> int:
     return lines
 
 
-def rotated_folder(pool: Path, target: Path, days: int) -> tuple[Path, int]:
-    """A logs folder of `days` days ending at day `days - 1` of the pool: dated .gz files,
-    yesterday plain as access.log.1, today's first hour in access.log. Returns the folder
-    and the epoch hour the schedule runs next (today's second hour)."""
+def rotated_folder(pool: Path, target: Path, days: int, total: int) -> tuple[Path, int]:
+    """A logs folder holding the last `days` of the pool's `total` days, as logrotate leaves
+    them (dated .gz files, the newest day plain as access.log.1), and today's first hour
+    in access.log. Every history ends on the same day, so each scheduled hour reads the
+    same lines whatever the history. Returns the folder and the next hour to run."""
     logs = target / "logs"
     shutil.rmtree(target, ignore_errors=True)
     logs.mkdir(parents=True)
-    for day in range(days - 2):
+    for day in range(total - days, total - 1):
         stamp = (FIRST_DAY + timedelta(days=day + 1)).strftime("%Y%m%d")
         os.link(pool / f"day-{day:04d}.gz", logs / f"access.log-{stamp}.gz")
-    with gzip.open(pool / f"day-{days - 2:04d}.gz", "rb") as yesterday:
+    with gzip.open(pool / f"day-{total - 1:04d}.gz", "rb") as yesterday:
         (logs / "access.log.1").write_bytes(yesterday.read())
-    today = int((FIRST_DAY + timedelta(days=days - 1)).timestamp()) // 3600
+    today = int((FIRST_DAY + timedelta(days=total)).timestamp()) // 3600
     (logs / "access.log").write_bytes(hour_text(today))
     return target, today + 1
 
@@ -88,8 +89,9 @@ def hour_text(hour: int) -> bytes:
     return demo.hour_lines(7, hour)
 
 
-def anomaly_run(data: Path, hour: int) -> dict:
-    """One scheduled hour: what anomalies_traffic and anomalies_detection compute."""
+def anomaly_run(data: Path, hour: int) -> int:
+    """One scheduled hour: what anomalies_traffic and anomalies_detection compute; returns
+    the lines read (the same for every history: the hour and its baseline)."""
     from agent_reports.anomalies.analysis import (
         LOOKBACK_HOURS,
         HourlyTraffic,
@@ -99,9 +101,13 @@ def anomaly_run(data: Path, hour: int) -> dict:
     from agent_reports.core.sources import FileSource
 
     at = lambda h: datetime.fromtimestamp(h * 3600, UTC)  # noqa: E731
-    chunks = FileSource(data).access_logs(at(hour - LOOKBACK_HOURS), at(hour + 1))
-    window = partition_traffic(HourlyTraffic().add_all(chunks), hour)
-    return detect(window["features"], window["baseline"])
+    traffic, lines = HourlyTraffic(), 0
+    for chunk in FileSource(data).access_logs(at(hour - LOOKBACK_HOURS), at(hour + 1)):
+        traffic.add(chunk)
+        lines += chunk.records.num_rows + chunk.malformed.num_rows
+    window = partition_traffic(traffic, hour)
+    detect(window["features"], window["baseline"])
+    return lines
 
 
 def raw_run(data: Path, hour: int) -> None:
@@ -139,10 +145,10 @@ def timed(function, *args) -> tuple[float, object]:
     return time.perf_counter() - began, result
 
 
-def measure(pool: Path, work: Path, days: int, repeats: int, raw: bool) -> dict:
+def measure(pool: Path, work: Path, days: int, total: int, repeats: int, raw: bool) -> dict:
     from agent_reports.core.log_store import folder_store
 
-    data, hour = rotated_folder(pool, work / f"days-{days}", days)
+    data, hour = rotated_folder(pool, work / f"days-{days}", days, total)
     os.environ["AGENT_REPORTS_STATE_DIR"] = str(work / f"state-{days}")
     shutil.rmtree(work / f"state-{days}", ignore_errors=True)
     seconds, summary = timed(folder_store(data / "logs").ingest, data / "logs")
@@ -152,10 +158,10 @@ def measure(pool: Path, work: Path, days: int, repeats: int, raw: bool) -> dict:
     for repeat in range(repeats + 1):  # the first is the previous hour's run: the warm-up
         with open(access, "ab") as file:
             file.write(hour_text(hour + repeat))
-        elapsed, _verdict = timed(anomaly_run, data, hour + repeat)
+        elapsed, lines = timed(anomaly_run, data, hour + repeat)
         if repeat:
             runs.append(elapsed)
-    result["hour_s"] = statistics.median(runs)
+    result["hour_s"], result["hour_lines"] = statistics.median(runs), lines
     if raw:
         result["raw_hour_s"] = statistics.median(
             timed(raw_run, data, hour + repeats)[0] for _ in range(max(1, repeats // 2))
@@ -175,16 +181,19 @@ def main() -> None:
         help="where the generated day files are kept between invocations",
     )
     args = parser.parse_args()
-    write_days(args.data_dir, max(args.days))
+    write_days(args.data_dir, max(args.days))  # every history ends on the pool's last day
     results = []
     with tempfile.TemporaryDirectory(prefix="history-cost-") as tmp:
         for days in sorted(args.days):
-            results.append(measure(args.data_dir, Path(tmp), days, args.repeats, days == 8))
+            results.append(
+                measure(args.data_dir, Path(tmp), days, max(args.days), args.repeats, days == 8)
+            )
             r = results[-1]
             print(
                 f"{days:4d} days: first ingest {r['ingest_lines']:,} lines in "
                 f"{r['ingest_s']:.1f} s ({r['ingest_lines'] / r['ingest_s']:,.0f} lines/s); "
-                f"scheduled hour {r['hour_s']:.2f} s (median of {args.repeats})"
+                f"scheduled hour {r['hour_s']:.2f} s for {r['hour_lines']:,} lines "
+                f"(median of {args.repeats})"
                 + (f"; raw reader {r['raw_hour_s']:.2f} s" if "raw_hour_s" in r else ""),
                 flush=True,
             )
