@@ -28,7 +28,7 @@ from filelock import FileLock
 
 from agent_reports.core import log_store
 from agent_reports.core.access_logs import read_access_logs
-from agent_reports.core.log_store import LogStore, late_hours
+from agent_reports.core.log_store import LogStore
 
 START = datetime(2024, 3, 1, 10, tzinfo=UTC)
 EVER = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
@@ -252,20 +252,35 @@ def test_a_kill_at_any_moment_then_resume_counts_each_line_once(logs: Path, tmp_
 
 
 def test_late_lines_for_a_reported_hour_are_listed(logs: Path, store: LogStore) -> None:
+    """The store says which hours got lines after a moment (a report's): the late ones."""
     append(logs / "access.log", combined(START, 720, "web1"))  # 10:00-12:00, 10 s apart
     store.ingest(logs)
     ten, eleven = (int((START + timedelta(hours=h)).timestamp()) // 3600 for h in (0, 1))
-    reported = {ten: time.time(), eleven: time.time()}
-    assert late_hours(store, reported) == []
+    reported = time.time()
+    assert store.hours_changed_since(reported) == {}
     time.sleep(0.01)
-    # A second server's file for 10:00-10:30 is delivered after the report was written.
+    # A second server's file for 10:00-10:30 is delivered after the hour was reported.
     with gzip.open(logs / "web2-access.log-20240301.gz", "wt") as file:
         file.write(combined(START, 180, "web2"))
     store.ingest(logs)
-    assert late_hours(store, reported) == [ten]
-    assert late_hours(store, {ten: time.time()}) == []  # reported again since: not late
+    assert list(store.hours_changed_since(reported)) == [ten]
+    assert eleven in store.hours_changed_since(0)
     stats = store.hour_stats(ten, ten + 1)[ten]
     assert (stats.lines, stats.files, stats.malformed) == (360 + 180, 2, 0)
+
+
+def test_merging_an_hours_parts_keeps_its_lines_and_its_time(logs: Path, store: LogStore) -> None:
+    access = logs / "access.log"
+    for minute in range(log_store.MAX_PARTS_PER_HOUR + 2):  # one ingest per minute
+        append(access, combined(START + timedelta(minutes=minute), 6, f"m{minute}"))
+        store.ingest(logs)
+    last = store.hours_changed_since(0)
+    ten = int(START.timestamp()) // 3600
+    stats = store.hour_stats(ten, ten + 1)[ten]
+    # Nine parts were merged into one at the ninth ingest; the tenth added one.
+    assert (stats.parts, stats.lines) == (2, 6 * (log_store.MAX_PARTS_PER_HOUR + 2))
+    assert store.hours_changed_since(last[ten]) == {}  # merging is not a late arrival
+    assert len(stored_paths(store)) == stats.lines
 
 
 def test_the_files_source_reads_through_the_store(tmp_path: Path) -> None:

@@ -9,8 +9,10 @@ under `--data-dir`. Then for 8, 32 and 128 days of history, each in a fresh stat
 - scheduled hour: as the schedule runs it, warmed by the previous hour's run: an hour of
   lines is appended to `access.log`, then ingest what is new + read the hour and its
   baseline hours from the store + features + verdict (what the anomaly assets compute,
-  without Dagster's constant orchestration cost). Median of `--repeats` hours; the ratio
-  to 8 days is the figure the target is about (128 days <= 1.2x of 8 days);
+  without Dagster's constant orchestration cost). Every history ends on the same day, so
+  each run reads the same lines. The histories take turns, hour after hour, so a change
+  in the machine's load hits them alike. Median of `--repeats` hours; the ratio to 8 days
+  is the figure the target is about (128 days <= 1.2x of 8 days);
 - monthly audit: the compliance reader over 30 days of the store + the policy scan (on the
   largest history);
 - raw reader (8 days only, for comparison): the pre-store path, every file parsed per run.
@@ -23,12 +25,12 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import json
 import os
 import shutil
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -145,29 +147,37 @@ def timed(function, *args) -> tuple[float, object]:
     return time.perf_counter() - began, result
 
 
-def measure(pool: Path, work: Path, days: int, total: int, repeats: int, raw: bool) -> dict:
-    from agent_reports.core.log_store import folder_store
+@dataclass
+class History:
+    """One logs folder of `days` days with its own store, and the next hour to run."""
 
-    data, hour = rotated_folder(pool, work / f"days-{days}", days, total)
-    os.environ["AGENT_REPORTS_STATE_DIR"] = str(work / f"state-{days}")
-    shutil.rmtree(work / f"state-{days}", ignore_errors=True)
-    seconds, summary = timed(folder_store(data / "logs").ingest, data / "logs")
-    result = {"days": days, "ingest_s": seconds, "ingest_lines": summary.lines}
-    access = data / "logs" / "access.log"
-    runs = []
-    for repeat in range(repeats + 1):  # the first is the previous hour's run: the warm-up
-        with open(access, "ab") as file:
-            file.write(hour_text(hour + repeat))
-        elapsed, lines = timed(anomaly_run, data, hour + repeat)
-        if repeat:
-            runs.append(elapsed)
-    result["hour_s"], result["hour_lines"] = statistics.median(runs), lines
-    if raw:
-        result["raw_hour_s"] = statistics.median(
-            timed(raw_run, data, hour + repeats)[0] for _ in range(max(1, repeats // 2))
-        )
-    result["audit"] = (data, hour + repeats)
-    return result
+    days: int
+    data: Path
+    state: Path
+    hour: int
+    ingest_s: float = 0.0
+    ingest_lines: int = 0
+    runs: list[float] = field(default_factory=list)
+    lines: int = 0
+
+    def use(self) -> None:
+        os.environ["AGENT_REPORTS_STATE_DIR"] = str(self.state)
+
+    def first_ingest(self) -> None:
+        from agent_reports.core.log_store import folder_store
+
+        self.use()
+        self.ingest_s, summary = timed(folder_store(self.data / "logs").ingest, self.data / "logs")
+        self.ingest_lines = summary.lines
+
+    def scheduled_hour(self) -> float:
+        """The next hour's lines appended to access.log, then that hour's run."""
+        self.use()
+        with open(self.data / "logs" / "access.log", "ab") as file:
+            file.write(hour_text(self.hour))
+        elapsed, self.lines = timed(anomaly_run, self.data, self.hour)
+        self.hour += 1
+        return elapsed
 
 
 def main() -> None:
@@ -181,33 +191,48 @@ def main() -> None:
         help="where the generated day files are kept between invocations",
     )
     args = parser.parse_args()
-    write_days(args.data_dir, max(args.days))  # every history ends on the pool's last day
-    results = []
+    days = sorted(args.days)
+    write_days(args.data_dir, days[-1])  # every history ends on the pool's last day
     with tempfile.TemporaryDirectory(prefix="history-cost-") as tmp:
-        for days in sorted(args.days):
-            results.append(
-                measure(args.data_dir, Path(tmp), days, max(args.days), args.repeats, days == 8)
-            )
-            r = results[-1]
+        histories = []
+        for n in days:
+            data, hour = rotated_folder(args.data_dir, Path(tmp) / f"days-{n}", n, days[-1])
+            history = History(n, data, Path(tmp) / f"state-{n}", hour)
+            history.first_ingest()
+            rate = history.ingest_lines / history.ingest_s
             print(
-                f"{days:4d} days: first ingest {r['ingest_lines']:,} lines in "
-                f"{r['ingest_s']:.1f} s ({r['ingest_lines'] / r['ingest_s']:,.0f} lines/s); "
-                f"scheduled hour {r['hour_s']:.2f} s for {r['hour_lines']:,} lines "
-                f"(median of {args.repeats})"
-                + (f"; raw reader {r['raw_hour_s']:.2f} s" if "raw_hour_s" in r else ""),
+                f"{n:4d} days: first ingest {history.ingest_lines:,} lines in "
+                f"{history.ingest_s:.1f} s ({rate:,.0f} lines/s)",
                 flush=True,
             )
-        base = results[0]["hour_s"]
-        for r in results:
-            print(f"ratio {r['days']:4d} / {results[0]['days']} days: {r['hour_s'] / base:.2f}x")
-        data, hour = results[-1]["audit"]
-        audits = [timed(monthly_audit, data, hour) for _ in range(3)]
-        lines = audits[0][1]
+            history.scheduled_hour()  # the previous hour's run: the warm-up
+            histories.append(history)
+        # Round-robin, so a change in the machine's load hits every history alike.
+        for _ in range(args.repeats):
+            for history in histories:
+                history.runs.append(history.scheduled_hour())
+        base = histories[0]
+        for history in histories:
+            ratios = [t / b for t, b in zip(history.runs, base.runs, strict=True)]
+            median = statistics.median(history.runs)
+            print(
+                f"{history.days:4d} days: scheduled hour {median:.2f} s "
+                f"for {history.lines:,} lines (median of {args.repeats}); ratio to "
+                f"{base.days} days {median / statistics.median(base.runs):.2f}x"
+                f" (median of per-round ratios {statistics.median(ratios):.2f}x)",
+                flush=True,
+            )
+        base.use()
+        raw = statistics.median(timed(raw_run, base.data, base.hour - 1)[0] for _ in range(2))
+        print(f"{base.days:4d} days, pre-store raw reader: {raw:.2f} s (median of 2)")
+        largest = histories[-1]
+        largest.use()
+        audits = [timed(monthly_audit, largest.data, largest.hour) for _ in range(3)]
         print(
-            f"monthly audit over 30 days ({results[-1]['days']}-day store): "
-            f"{statistics.median(a[0] for a in audits):.2f} s for {lines:,} lines (median of 3)"
+            f"monthly audit over 30 days ({largest.days}-day store): "
+            f"{statistics.median(a[0] for a in audits):.2f} s for {audits[0][1]:,} lines "
+            "(median of 3)"
         )
-        print(json.dumps([{k: v for k, v in r.items() if k != "audit"} for r in results]))
 
 
 if __name__ == "__main__":

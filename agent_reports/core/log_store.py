@@ -52,6 +52,7 @@ from agent_reports.core.access_logs import (
     open_log,
     parse_blocks,
 )
+from agent_reports.core.sources import InputError
 
 HEAD_BYTES = 4096  # the first bytes of a content that identify it
 COMMIT_BYTES = 64 * 1024 * 1024  # raw bytes parsed between two commits of one file
@@ -364,7 +365,10 @@ class LogStore:
                     (str(path), stat.st_dev, stat.st_ino),
                 )
             return
-        head, compressed = _head(path)
+        try:
+            head, compressed = _head(path)
+        except OSError as error:  # unreadable (permissions): name it, do not skip it
+            raise InputError(path, None, None, f"cannot be read ({error})") from None
         content = self._content_for(db, known[2] if known else None, head, stat.st_size, compressed)
         if content is None:
             content = self._new_content(db, path)
@@ -567,18 +571,17 @@ class LogStore:
         (an hourly ingest adds one or two per hour), keeping reads to a few files."""
         for hour in sorted(hours):
             for kind in ("records", "malformed"):
-                names = [
-                    row[0]
-                    for row in db.execute(
-                        "SELECT name FROM parts WHERE hour = ? AND kind = ? "
-                        "ORDER BY committed_at, name",
-                        (hour, kind),
-                    )
-                ]
-                if len(names) <= MAX_PARTS_PER_HOUR:
+                rows = db.execute(
+                    "SELECT name, committed_at FROM parts WHERE hour = ? AND kind = ? "
+                    "ORDER BY committed_at, name",
+                    (hour, kind),
+                ).fetchall()
+                if len(rows) <= MAX_PARTS_PER_HOUR:
                     continue
+                names = [name for name, _ in rows]
                 merged = pa.concat_tables(self._read_parts(names), promote_options="permissive")
-                part = self._write_part(kind, hour, merged)
+                # The merged part keeps the latest commit time: merging adds no lines.
+                part = (*self._write_part(kind, hour, merged)[:-1], rows[-1][1])
                 now = time.time()
                 with self._transaction(db):
                     db.executemany("DELETE FROM parts WHERE name = ?", [(n,) for n in names])
@@ -695,15 +698,6 @@ class LogStore:
                 (since, NO_HOUR),
             ).fetchall()
         return dict(rows)
-
-
-def late_hours(store: LogStore, reported_at: dict[int, float]) -> list[int]:
-    """Hours whose report (epoch hour → when it was materialised) was written before some
-    of its lines reached the store: the windows a late file changed."""
-    if not reported_at:
-        return []
-    changed = store.hours_changed_since(min(reported_at.values()))
-    return [hour for hour, at in changed.items() if hour in reported_at and at > reported_at[hour]]
 
 
 def store_root(state_dir: Path, folder: Path) -> Path:
