@@ -64,7 +64,14 @@ def access_log_store(
             metadata={"source": "demo", "note": "the demo source generates each window's lines"}
         )
     folder, store = found
-    summary = store.ingest(folder)
+    try:
+        summary = store.ingest(folder)
+    except InputError as error:
+        raise Failure(
+            description=f"Bad access-log input: {error}",
+            metadata={"file": error.path},
+            allow_retries=False,
+        ) from None
     hours = {key: _epoch_hour(key) for key in context.partition_keys}
     stats = store.hour_stats(min(hours.values()), max(hours.values()) + 1)
     for key, hour in hours.items():
