@@ -98,6 +98,7 @@ CREATE TABLE IF NOT EXISTS hour_sources (
     hour INTEGER NOT NULL, content_id INTEGER NOT NULL, PRIMARY KEY (hour, content_id)
 );
 CREATE TABLE IF NOT EXISTS retired (name TEXT PRIMARY KEY, retired_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 _LOAD_BY = {
@@ -322,19 +323,29 @@ class LogStore:
         return (name, kind, hour, table.num_rows, path.stat().st_size, time.time())
 
     def _collect_garbage(self, db: sqlite3.Connection) -> None:
-        """Delete part files no commit recorded (a crashed ingest) and merged parts whose
-        readers have had time to finish."""
-        known = {row[0] for row in db.execute("SELECT name FROM parts")}
+        """Delete merged parts whose readers have had time to finish and, when the last
+        ingest did not finish (a crash), the part files no commit recorded. Only then is
+        the whole store listed: a normal hourly ingest costs nothing per stored hour."""
         cutoff = time.time() - RETIRED_SECONDS
-        keep = {
-            row[0] for row in db.execute("SELECT name FROM retired WHERE retired_at > ?", (cutoff,))
-        }
-        for kind in ("records", "malformed"):
-            for path in (self.root / kind).glob("*/*.parquet"):
-                name = path.relative_to(self.root).as_posix()
-                if name not in known and name not in keep:
-                    path.unlink(missing_ok=True)
+        for (name,) in db.execute("SELECT name FROM retired WHERE retired_at <= ?", (cutoff,)):
+            (self.root / name).unlink(missing_ok=True)
         db.execute("DELETE FROM retired WHERE retired_at <= ?", (cutoff,))
+        if db.execute("SELECT value FROM meta WHERE key = 'ingest_finished'").fetchone() == ("0",):
+            known = {
+                row[0]
+                for row in db.execute("SELECT name FROM parts UNION SELECT name FROM retired")
+            }
+            for kind in ("records", "malformed"):
+                for path in (self.root / kind).glob("*/*.parquet"):
+                    if path.relative_to(self.root).as_posix() not in known:
+                        path.unlink(missing_ok=True)
+        self._set_finished(db, False)
+
+    @staticmethod
+    def _set_finished(db: sqlite3.Connection, finished: bool) -> None:
+        db.execute(
+            "INSERT OR REPLACE INTO meta VALUES ('ingest_finished', ?)", ("1" if finished else "0",)
+        )
 
     # -------------------------------------------------------------------- ingest
 
@@ -347,6 +358,7 @@ class LogStore:
                 summary.files_seen += 1
                 self._ingest_file(db, path, summary)
             self._merge_small_parts(db, summary.hours)
+            self._set_finished(db, True)
         return summary
 
     def _ingest_file(self, db: sqlite3.Connection, path: Path, summary: IngestSummary) -> None:
