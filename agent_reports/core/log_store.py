@@ -22,6 +22,7 @@ readers never wait: they read the committed list of hour files.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import sqlite3
 import struct
@@ -57,7 +58,7 @@ from agent_reports.core.sources import InputError
 HEAD_BYTES = 4096  # the first bytes of a content that identify it
 COMMIT_BYTES = 64 * 1024 * 1024  # raw bytes parsed between two commits of one file
 READ_HOURS = 24  # hours per chunk a read yields: fewer, larger tables for the consumer
-READ_THREADS = 4
+READ_THREADS = 4  # threads reading Parquet parts
 MAX_PARTS_PER_HOUR = 8  # more parts than this in an hour are merged into one
 RETIRED_SECONDS = 3600  # merged parts stay on disk this long, for readers still on them
 LOCK_TIMEOUT_SECONDS = 900
@@ -268,8 +269,12 @@ class _HourBuffer:
         if table.num_rows == 0:
             return
         hours = _hours_of(table.column("time"))
-        for hour in np.unique(hours):
-            self.tables[(kind, int(hour))].append(table.filter(pa.array(hours == hour)))
+        order = np.argsort(hours, kind="stable")  # lines keep their order within an hour
+        if np.any(order != np.arange(len(order))):
+            table, hours = table.take(pa.array(order)), hours[order]
+        cuts = [0, *(np.flatnonzero(np.diff(hours)) + 1), len(hours)]
+        for begin, end in itertools.pairwise(cuts):
+            self.tables[(kind, int(hours[begin]))].append(table.slice(begin, end - begin))
 
     def rows(self, kind: str) -> int:
         return sum(t.num_rows for (k, _), ts in self.tables.items() if k == kind for t in ts)
@@ -505,7 +510,7 @@ class LogStore:
         records = chunk.records
         lines = _record_lines(LogChunk(records, malformed), block, first_line)
         records = records.append_column(
-            "file", pa.array([content.path] * records.num_rows, pa.string())
+            "file", pa.repeat(pa.scalar(content.path, pa.string()), records.num_rows)
         )
         records = records.append_column("line", lines)
         malformed = self._place_leading_malformed(malformed, lines, content.last_time)
@@ -544,11 +549,12 @@ class LogStore:
     ) -> None:
         """Write the buffer's hour files, then record them and the new offset in one
         transaction: before it nothing counts, after it nothing is read again."""
-        parts = []
-        for (kind, hour), tables in buffer.tables.items():
-            schema = tables[0].schema
-            table = pa.concat_tables([t.cast(schema) for t in tables])
-            parts.append(self._write_part(kind, hour, table))
+        parts = [
+            self._write_part(
+                kind, hour, pa.concat_tables([t.cast(tables[0].schema) for t in tables])
+            )
+            for (kind, hour), tables in buffer.tables.items()
+        ]
         head_len = min(len(head), content.consumed, HEAD_BYTES)
         with self._transaction(db):
             db.executemany("INSERT INTO parts VALUES (?, ?, ?, ?, ?, ?)", parts)
