@@ -349,11 +349,14 @@ def test_store_asset_and_late_lines_rerun_give_a_new_report(
     log_store.folder_store(data / "logs").ingest(data / "logs")  # e.g. the next hour's run
     listed = _late_tick(instance, data)
     assert not listed.run_requests
-    assert f"anomalies {HOUR_KEY}" in listed.skip_message
+    assert f"anomalies {HOUR_KEY} (+240 of 600 lines)" in listed.skip_message
     assert "compliance" not in listed.skip_message  # March was never audited
     assert _late_tick(instance, data, listed.cursor).skip_message.startswith("no lines stored")
 
     monkeypatch.setenv("AGENT_REPORTS_LATE_LINES_RERUN", "true")
+    monkeypatch.setenv("AGENT_REPORTS_LATE_LINES_MIN_SHARE", "0.5")  # 240 of 600: too few
+    assert not _late_tick(instance, data).run_requests
+    monkeypatch.delenv("AGENT_REPORTS_LATE_LINES_MIN_SHARE")
     [request] = _late_tick(instance, data).run_requests
     assert (request.partition_key, request.job_name) == (HOUR_KEY, "anomalies_job")
     assert job.execute_in_process(

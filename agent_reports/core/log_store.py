@@ -707,6 +707,16 @@ class LogStore:
             for hour, good, bad, size, count, last, files in rows
         }
 
+    def lines_stored_after(self, lo_hour: int, hi_hour: int, since: float) -> tuple[int, int]:
+        """(lines committed after `since`, all lines) of hours [lo_hour, hi_hour)."""
+        with closing(self._connect()) as db:
+            late, total = db.execute(
+                "SELECT SUM(CASE WHEN committed_at > ? THEN rows ELSE 0 END), SUM(rows) "
+                "FROM parts WHERE hour >= ? AND hour < ?",
+                (since, lo_hour, hi_hour),
+            ).fetchone()
+        return late or 0, total or 0
+
     def hours_changed_since(self, since: float) -> dict[int, float]:
         """Hours that got lines committed after `since` (epoch seconds) → last commit time."""
         with closing(self._connect()) as db:

@@ -277,11 +277,41 @@ def _reported_at(spec: CatchUp, instance: DagsterInstance, keys: list[str]) -> d
     return latest
 
 
+@dataclass(frozen=True)
+class LateWindow:
+    """A reported window whose logs got `late_lines` (of `lines`) after its report."""
+
+    key: str
+    arrived_at: float
+    late_lines: int
+    lines: int
+
+    def __str__(self) -> str:
+        return f"{self.key} (+{self.late_lines} of {self.lines} lines)"
+
+
+def late_min_share() -> float:
+    """AGENT_REPORTS_LATE_LINES_MIN_SHARE: the share of a window's lines that must be late
+    for a re-run (default 0.01: a long request logged after its hour does not re-run it)."""
+    text = settings.env("AGENT_REPORTS_LATE_LINES_MIN_SHARE", "0.01") or "0.01"
+    try:
+        share = float(text)
+    except ValueError:
+        share = -1.0
+    if not 0 <= share <= 1:
+        raise ValueError(f"AGENT_REPORTS_LATE_LINES_MIN_SHARE must be in [0, 1], not {text!r}")
+    return share
+
+
+def _epoch_hour(moment: datetime) -> int:
+    return int(moment.timestamp()) // 3600
+
+
 def late_windows(
-    spec: CatchUp, instance: DagsterInstance, changed_hours: dict[int, float]
-) -> list[tuple[str, float]]:
-    """(partition, when its new lines were stored) for each reported window of `spec` with
-    lines stored after its report: the windows a late log file changed."""
+    spec: CatchUp, instance: DagsterInstance, store: Any, changed_hours: dict[int, float]
+) -> list[LateWindow]:
+    """The reported windows of `spec` with lines stored after their report (a log file
+    delivered late), with how many."""
     arrived: dict[str, float] = {}
     for hour, stored_at in changed_hours.items():
         start = datetime.fromtimestamp(hour * 3600, tz=UTC)
@@ -291,9 +321,15 @@ def late_windows(
     if not arrived:
         return []
     reported = _reported_at(spec, instance, sorted(arrived))
-    return [
-        (key, at) for key, at in sorted(arrived.items()) if key in reported and at > reported[key]
-    ]
+    late = []
+    for key, at in sorted(arrived.items()):
+        if key in reported and at > reported[key]:
+            window = spec.partitions_def.time_window_for_partition_key(key)
+            lines = store.lines_stored_after(
+                _epoch_hour(window.start), _epoch_hour(window.end), reported[key]
+            )
+            late.append(LateWindow(key, at, *lines))
+    return late
 
 
 def build_late_lines_sensor(specs: Sequence[CatchUp], minimum_interval_seconds: int = 120):
@@ -333,18 +369,19 @@ def late_lines_tick(
     if not changed:
         return SkipReason("no lines stored since the last look")
     cursor = str(max(changed.values()))
-    rerun = late_rerun_enabled()
+    rerun, share = late_rerun_enabled(), late_min_share()
     requests, listed = [], []
     for spec in specs:
         busy = partitions_in_flight(spec, context.instance)
-        for key, at in late_windows(spec, context.instance, changed):
-            listed.append(f"{spec.analysis} {key}")
-            if rerun and key not in busy:
+        for window in late_windows(spec, context.instance, store, changed):
+            listed.append(f"{spec.analysis} {window}")
+            big_enough = window.late_lines >= max(1.0, share * window.lines)
+            if rerun and big_enough and window.key not in busy:
                 requests.append(
                     RunRequest(
-                        run_key=f"late:{spec.analysis}:{key}:{at:.6f}",
+                        run_key=f"late:{spec.analysis}:{window.key}:{window.arrived_at:.6f}",
                         job_name=spec.job.name,
-                        partition_key=key,
+                        partition_key=window.key,
                         tags={CATCHUP_TAG: "true", LATE_TAG: "true"},
                     )
                 )
