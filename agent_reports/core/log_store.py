@@ -225,7 +225,7 @@ def _record_lines(chunk: LogChunk, block: bytes, first_line: int) -> pa.Array:
     """Line numbers of the chunk's records: the block's lines less its malformed and blank
     ones, in order; null if that does not add up (a parser that counts differently)."""
     candidate = ~_blank_lines(block)
-    relative = chunk.malformed.column("line").to_numpy() - (first_line - 1) - 1
+    relative = chunk.malformed.column("line").to_numpy() - first_line
     relative = relative[(relative >= 0) & (relative < len(candidate))]
     candidate[relative] = False
     numbers = np.flatnonzero(candidate) + first_line
