@@ -95,6 +95,7 @@ CREATE TABLE IF NOT EXISTS parts (
     committed_at REAL NOT NULL   -- wall-clock time of the ingest that added it
 );
 CREATE INDEX IF NOT EXISTS parts_hour ON parts (hour);
+CREATE INDEX IF NOT EXISTS parts_committed ON parts (committed_at);
 CREATE TABLE IF NOT EXISTS hour_sources (
     hour INTEGER NOT NULL, content_id INTEGER NOT NULL, PRIMARY KEY (hour, content_id)
 );
@@ -627,11 +628,13 @@ class LogStore:
         """(hour, kind, name) of the committed parts of hours [lo_hour, hi_hour) and of the
         malformed lines with no time, in hour order: one consistent snapshot."""
         with closing(self._connect()) as db:
-            return db.execute(
-                "SELECT hour, kind, name FROM parts WHERE (hour >= ? AND hour < ?) OR hour = ? "
+            rows = db.execute(
+                "SELECT hour, kind, name, committed_at FROM parts WHERE hour >= ? AND hour < ? "
+                "UNION ALL SELECT hour, kind, name, committed_at FROM parts WHERE hour = ? "
                 "ORDER BY hour, committed_at, name",
                 (lo_hour, hi_hour, NO_HOUR),
             ).fetchall()
+        return [row[:3] for row in rows]
 
     def _problems(self) -> pa.Table:
         """One malformed entry per content whose last read broke off (a cut .gz)."""
