@@ -2,8 +2,8 @@
 
 Generates rotated daily files as logrotate leaves them with `dateext`, `compress` and
 `delaycompress` (`access.log-YYYYMMDD.gz` ..., yesterday as `access.log.1`, today as
-`access.log`), about 96,000 lines a day (the demo generator at 10x its volume), once,
-under `--data-dir`. Then for 8, 32 and 128 days of history, each in a fresh state dir:
+`access.log`), about 130,000 lines a day (the demo generator at 10x its volume, with its
+daily and weekly curves), once, under `--data-dir`. Then for 8, 32 and 128 days of history, each in a fresh state dir:
 
 - first ingest: the whole folder into the store (lines/s);
 - scheduled hour: as the schedule runs it, warmed by the previous hour's run: an hour of
@@ -35,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 FIRST_DAY = datetime(2024, 1, 1, tzinfo=UTC)
-SCALE = 10  # the demo's volume times this: about 96,000 lines a day
+SCALE = 10  # the demo's volume times this: about 130,000 lines a day
 
 
 def day_lines(day: int) -> list[bytes]:
