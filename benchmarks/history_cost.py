@@ -3,7 +3,8 @@
 Generates rotated daily files as logrotate leaves them with `dateext`, `compress` and
 `delaycompress` (`access.log-YYYYMMDD.gz` ..., yesterday as `access.log.1`, today as
 `access.log`), about 130,000 lines a day (the demo generator at 10x its volume, with its
-daily and weekly curves), once, under `--data-dir`. Then for 8, 32 and 128 days of history, each in a fresh state dir:
+daily and weekly curves), once, under `--data-dir`. Then for 8, 32 and 128 days of
+history, each in a fresh state dir:
 
 - first ingest: the whole folder into the store (lines/s);
 - scheduled hour: as the schedule runs it, warmed by the previous hour's run: an hour of
