@@ -45,6 +45,7 @@ def test_combined_format_fields(tmp_path: Path) -> None:
         "referer": "https://ref.example/",
         "user_agent": "Mozilla/5.0 (X11)",
         "request_time": None,
+        "vhost": None,
     }
 
 

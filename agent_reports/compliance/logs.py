@@ -2,39 +2,43 @@
 
 An audit finding must cite its evidence, and the shared reader (core/access_logs.py)
 yields records without their line numbers. This reads the same sources with the same
-block parser (`parse_block`), keeping `file` and `line` for every good line; memory stays
-bounded by the block size. `ReadStats` counts the month's lines parsed and skipped, in
-total and per file, so the audit says what it did not read (a malformed line cannot be
-placed in time: it is charged to the month).
+per-file parser (`LogParser`: the configured or detected format, format changes
+followed), keeping `file` and `line` for every good line; memory stays bounded by the
+block size. `ReadStats` counts the month's lines parsed and skipped (malformed, or with
+no readable timestamp), in total and per file, so the audit says what it did not read.
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from agent_reports.core.access_logs import line_blocks, log_files, open_log, parse_block
+from agent_reports.core.access_logs import LogParser, line_blocks, log_files, open_log
+from agent_reports.core.log_formats import FormatConfig, LogFormat
+from agent_reports.core.settings import log_format
 from agent_reports.core.sources import DemoSource, FileSource, InputError, Source
 
 
 @dataclass
 class FileStats:
-    """One file's share of the month: lines parsed and skipped."""
+    """One file's share of the month: its format, lines parsed and skipped."""
 
+    format: str = "unknown"
     parsed: int = 0
     skipped: int = 0
 
 
 @dataclass
 class ReadStats:
-    """What the reader saw of the month: files, lines parsed and skipped, per file, and
-    the files that broke off."""
+    """What the reader saw of the month: files, lines parsed and skipped (malformed or with
+    no readable timestamp), per file, and the files that broke off."""
 
     files: int = 0
     parsed: int = 0
@@ -46,8 +50,9 @@ class ReadStats:
     def lines(self) -> int:
         return self.parsed + self.skipped
 
-    def count(self, name: str, parsed: int, skipped: int) -> None:
+    def count(self, name: str, parsed: int, skipped: int, fmt: LogFormat | None) -> None:
         entry = self.per_file.setdefault(name, FileStats())
+        entry.format = fmt.name if fmt else entry.format
         entry.parsed += parsed
         entry.skipped += skipped
         self.parsed += parsed
@@ -55,24 +60,32 @@ class ReadStats:
 
     def broke_off(self, name: str, line: int, error: Exception) -> None:
         self.unreadable = [*(self.unreadable or []), f"{name} after line {line} ({error})"]
-        self.count(name, 0, 1)
+        self.count(name, 0, 1, None)
 
 
 def numbered_blocks(
-    blocks: Iterable[bytes], name: str, start: datetime, end: datetime, stats: ReadStats
+    blocks: Iterable[bytes],
+    name: str,
+    start: datetime,
+    end: datetime,
+    stats: ReadStats,
+    log_format: LogFormat | None = None,
 ) -> Iterator[pa.Table]:
     """Records of one stream of line blocks timed in [start, end), with `file` and `line`."""
     lo, hi = int(start.timestamp()), int(end.timestamp())
-    next_line = 1
+    parser = LogParser(name, log_format)
     for block in blocks:
-        records, good, _lines = parse_block(block)
-        numbers = np.flatnonzero(good) + next_line
-        next_line += len(good)
-        times = records.column("time")
+        parsed = parser.parse(block)
+        times = parsed.records.column("time")
         keep = pc.and_(pc.greater_equal(times, lo), pc.less(times, hi))
-        kept = records.filter(keep)
-        stats.count(name, kept.num_rows, int((~good).sum()))
-        lines = numbers[keep.to_numpy(zero_copy_only=False)]
+        kept = parsed.records.filter(keep)
+        lines = parsed.record_lines[keep.to_numpy(zero_copy_only=False)]
+        bad_times = parsed.malformed.column("time")
+        bad = pc.or_kleene(
+            pc.and_kleene(pc.greater_equal(bad_times, lo), pc.less(bad_times, hi)),
+            pc.is_null(bad_times),
+        )
+        stats.count(name, kept.num_rows, pc.sum(bad).as_py() or 0, parser.log_format)
         yield _with_origin(kept, name, lines)
 
 
@@ -83,15 +96,20 @@ def _with_origin(records: pa.Table, name: str, lines: np.ndarray) -> pa.Table:
 
 
 def _file_records(
-    folder_files: list, start: datetime, end: datetime, stats: ReadStats
+    paths: list[Path],
+    start: datetime,
+    end: datetime,
+    stats: ReadStats,
+    formats: Callable[[Path], LogFormat | None],
 ) -> Iterator[pa.Table]:
-    for path in folder_files:
+    for path in paths:
         stats.files += 1
+        before = stats.per_file.get(str(path), FileStats())
         try:
             with open_log(path) as stream:
-                yield from numbered_blocks(line_blocks(stream), str(path), start, end, stats)
+                blocks = line_blocks(stream)
+                yield from numbered_blocks(blocks, str(path), start, end, stats, formats(path))
         except (EOFError, OSError, zlib.error) as error:
-            before = stats.per_file.get(str(path), FileStats())
             stats.broke_off(str(path), before.parsed + before.skipped, error)
 
 
@@ -103,7 +121,8 @@ def month_records(
         folder = source.data_dir / "logs"
         if not folder.is_dir():
             raise InputError(folder, None, None, "folder not found (AGENT_REPORTS_DATA_DIR/logs)")
-        yield from _file_records(log_files(folder), start, end, stats)
+        config = FormatConfig.load(folder, log_format())
+        yield from _file_records(log_files(folder), start, end, stats, config.for_file)
     elif isinstance(source, DemoSource):
         from agent_reports.core.access_logs_demo import demo_blocks
 
@@ -113,5 +132,5 @@ def month_records(
         stats.files += 1
         for chunk in source.access_logs(start, end):
             records = chunk.records
-            stats.count(source.name, records.num_rows, chunk.malformed.num_rows)
+            stats.count(chunk.file or source.name, records.num_rows, chunk.malformed.num_rows, None)
             yield _with_origin(records, source.name, np.zeros(records.num_rows, np.int64))

@@ -1,18 +1,32 @@
-"""Web-server access logs (Apache/Nginx Combined or Common Log Format) parsed in streamed chunks.
+"""Web-server access logs parsed in streamed chunks, in the format each file is written in.
 
-Accepted line shapes (one per line, any mix within a file):
+Each file's format is the one configured for it (`FormatConfig`: `<logs>/.agent_reports.toml`,
+else AGENT_REPORTS_LOG_FORMAT) or, when none is, the preset detected from its first lines
+(core/log_formats.py: Common, Combined, Combined + extra fields, vhost_combined,
+combinedio, nginx main / timed, Traefik, request times in s, ms or µs). Lines that do not
+fit the file's format are tried against the presets: when one fits them, it is a format
+change (a config change that added a field): it is recorded (`FormatChange`, with the
+line and the time it starts) and parsing carries on with both formats, newest first.
 
-    host ident user [10/Oct/2000:13:55:36 -0700] "GET /a HTTP/1.1" 200 2326
-    ... 200 2326 "referer" "user agent"
-    ... 200 2326 "referer" "user agent" 0.123      (Nginx $request_time, seconds)
-    ... 200 2326 "referer" "user agent" 123456     (Apache %D, microseconds)
+Each line's time is converted to UTC from its own offset, so a line belongs to the hour
+of its timestamp whatever file it sits in. A line that fits no format (binary junk,
+truncated, over-long, an impossible date or status, an unknown format) is malformed:
+counted, with a short sample, and timed by the `[dd/Mon/yyyy:hh:mm:ss ±hhmm]` stamp it
+holds, else by the last good line before it in the same file, so it is charged to the
+hour it was written in. A file with no readable time at all yields its malformed lines
+with a null time: readers charge them to every window they report (a per-file problem).
 
-A trailing request time with a decimal point is read as seconds, an integer as
-microseconds. Each line's time is converted to UTC from its own offset, so a line belongs
-to the hour of its timestamp whatever file it sits in. A line that does not fit (binary
-junk, truncated, over-long, an impossible date or status) is malformed: counted, with a
-short sample, and given the time of the last good line before it in the same file, so it
-is reported in the hour it was written in.
+Every `LogChunk` says what its block held: lines read so far, parsed and skipped lines
+of the block, the format in use and any format change.
+
+Appending to a file already read (an ingest store reading from an offset): pass the
+format found before and the number of the first new line,
+
+    chunks = parse_blocks(blocks, name, start, end, log_format=fmt, first_line=n + 1)
+
+`fmt` is the previous chunk's `log_format` (store it as `fmt.spec`, rebuild it with
+`LogFormat.from_spec`), so the appended lines are not detected again and keep the file's
+line numbers.
 
 The work is vectorised with pyarrow (RE2 regex extraction, numpy date arithmetic) over
 blocks of `CHUNK_BYTES`, so memory is bounded by the block size, not the file size
@@ -24,8 +38,8 @@ from __future__ import annotations
 import gzip
 import re
 import zlib
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -34,20 +48,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from agent_reports.core.log_formats import TIME, LogFormat, detect
+
 CHUNK_BYTES = 16 * 1024 * 1024
 READ_BYTES = 1024 * 1024
 MAX_LINE_BYTES = 8192
 SAMPLE_CHARS = 200
+MIN_CHANGE_LINES = 100  # a format change needs this many lines, or half a block's failures
 
-_QUOTED = r'"((?:[^"\\]|\\.)*)"'
-LINE_PATTERN = (
-    r"^(?P<client>\S+) \S+ (?P<user>\S+) "
-    r"\[(?P<day>\d{2})/(?P<mon>[A-Za-z]{3})/(?P<year>\d{4}):"
-    r"(?P<hh>\d{2}):(?P<mm>\d{2}):(?P<ss>\d{2}) (?P<tzsign>[+-])(?P<tzh>\d{2})(?P<tzm>\d{2})\] "
-    r'"(?P<request>(?:[^"\\]|\\.)*)" (?P<status>\d{3}) (?P<bytes>\d+|-)'
-    r'(?: "(?P<referer>(?:[^"\\]|\\.)*)" "(?P<agent>(?:[^"\\]|\\.)*)")?'
-    r"(?: (?P<rt>\d+(?:\.\d+)?|-))?[ \t]*\r?\n?$"
-)
 REQUEST_PATTERN = r"^(?P<method>[A-Za-z]+) (?P<path>\S+)(?: (?P<protocol>\S+))?$"
 MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 
@@ -64,11 +72,12 @@ RECORD_SCHEMA = pa.schema(
         ("referer", pa.string()),
         ("user_agent", pa.string()),
         ("request_time", pa.float64()),  # seconds; null when the format has none
+        ("vhost", pa.string()),  # %v / $host when the format has it
     ]
 )
 MALFORMED_SCHEMA = pa.schema(
     [
-        ("time", pa.int64()),  # estimated: the last good line before it; null if none
+        ("time", pa.int64()),  # its own stamp, else the last good line before it; null if none
         ("file", pa.string()),
         ("line", pa.int64()),
         ("text", pa.string()),
@@ -77,12 +86,29 @@ MALFORMED_SCHEMA = pa.schema(
 
 
 @dataclass(frozen=True)
+class FormatChange:
+    """Lines of a file that stopped fitting its format and fit another from `line` on."""
+
+    file: str
+    line: int
+    time: int | None  # epoch seconds (UTC) of that line
+    previous: str
+    new: str
+
+
+@dataclass(frozen=True)
 class LogChunk:
-    """Parsed lines of one block whose time is in the window, and the block's malformed lines."""
+    """Parsed lines of one block whose time is in the window, the block's malformed lines
+    in the window, and what the whole block held (any time)."""
 
     records: pa.Table
     malformed: pa.Table
     lines_read: int = 0  # lines of the file read so far, this block included
+    file: str = ""
+    parsed: int = 0  # lines of this block parsed
+    skipped: int = 0  # malformed lines of this block (blank lines are neither)
+    log_format: LogFormat | None = None  # the format in use at the end of the block
+    format_changes: tuple[FormatChange, ...] = ()
 
 
 def log_files(folder: Path) -> list[Path]:
@@ -195,53 +221,84 @@ def _utc_seconds(fields: pa.StructArray) -> tuple[np.ndarray, np.ndarray]:
     return local - sign * (tz_hours * 3600 + tz_minutes * 60), possible
 
 
-def _text(field: pa.Array) -> pa.Array:
-    """A binary field as text; empty or '-' becomes null."""
+def _text(field: pa.Array | None, length: int) -> pa.Array:
+    """A binary field as text; empty or '-' becomes null (all null when the format has none)."""
+    if field is None:
+        return pa.nulls(length, pa.string())
     text = field.cast(pa.string())
     return pc.if_else(pc.is_in(text, pa.array(["", "-"])), None, text)
 
 
-def _request_time(field: pa.Array) -> pa.Array:
-    """Seconds: a value with a decimal point is seconds, an integer is microseconds."""
-    text = _text(field)
+def _request_time(field: pa.Array | None, unit: float | None, length: int) -> pa.Array:
+    """Seconds: a value with a decimal point is seconds, an integer is in the format's unit."""
+    if field is None:
+        return pa.nulls(length, pa.float64())
+    text = _text(field, length)
     value = text.cast(pa.float64())
-    return pc.if_else(pc.match_substring(text, "."), value, pc.divide(value, 1e6))
+    return pc.if_else(pc.match_substring(text, "."), value, pc.multiply(value, unit or 1.0))
 
 
-def parse_block(block: bytes) -> tuple[pa.Table, np.ndarray, pa.BinaryArray]:
-    """Parse one block: the good lines' records, the good-line mask, and all the lines."""
-    lines = split_lines(block)
-    fields = pc.extract_regex(lines, LINE_PATTERN)
-    seconds, possible = _utc_seconds(fields)
-    status = _int(fields.field("status"))
-    good = (
-        fields.is_valid().to_numpy(zero_copy_only=False)
-        & possible
-        & (status >= 100)
-        & (status <= 599)
-        & (pc.binary_length(lines).to_numpy(zero_copy_only=False) <= MAX_LINE_BYTES)
-        & ~_non_utf8(lines, block)
-    )
-    kept = pc.filter(fields, pa.array(good))
-    request = pc.extract_regex(kept.field("request"), REQUEST_PATTERN)
-    byte_count = pc.if_else(pc.equal(kept.field("bytes"), b"-"), b"0", kept.field("bytes"))
-    records = pa.Table.from_arrays(
+def _field(fields: pa.StructArray, name: str) -> pa.Array | None:
+    return fields.field(name) if fields.type.get_field_index(name) >= 0 else None
+
+
+def _records(fields: pa.StructArray, seconds: np.ndarray, status: np.ndarray, fmt: LogFormat):
+    """The records of the lines that matched (`fields` already filtered to them)."""
+    n = len(fields)
+    request = _field(fields, "request")
+    parts = pc.extract_regex(request, REQUEST_PATTERN) if request is not None else fields
+    byte_field = _field(fields, "bytes")
+    if byte_field is None:
+        byte_count = pa.nulls(n, pa.int64())
+    else:
+        byte_field = pc.if_else(pc.equal(byte_field, b"-"), b"0", byte_field)
+        byte_count = byte_field.cast(pa.string()).cast(pa.int64())
+    return pa.Table.from_arrays(
         [
-            pa.array(seconds[good]),
-            kept.field("client").cast(pa.string()),
-            _text(kept.field("user")),
-            _text(request.field("method")),
-            _text(request.field("path")),
-            _text(request.field("protocol")),
-            pa.array(status[good].astype(np.int16)),
-            byte_count.cast(pa.string()).cast(pa.int64()),
-            _text(kept.field("referer")),
-            _text(kept.field("agent")),
-            _request_time(kept.field("rt")),
+            pa.array(seconds),
+            _field(fields, "client").cast(pa.string()),
+            _text(_field(fields, "user"), n),
+            _text(_field(parts, "method"), n),
+            _text(_field(parts, "path"), n),
+            _text(_field(parts, "protocol"), n),
+            pa.array(status.astype(np.int16)),
+            byte_count,
+            _text(_field(fields, "referer"), n),
+            _text(_field(fields, "agent"), n),
+            _request_time(_field(fields, "rt"), fmt.rt_unit, n),
+            _text(_field(fields, "vhost"), n),
         ],
         schema=RECORD_SCHEMA,
     )
-    return records, good, lines
+
+
+def _parse_with(fmt: LogFormat, lines: pa.Array) -> tuple[np.ndarray, pa.Table]:
+    """Which of `lines` fit `fmt` (a possible date and status), and their records."""
+    fields = pc.extract_regex(lines, fmt.pattern)
+    seconds, possible = _utc_seconds(fields)
+    status = _int(fields.field("status")) if "status" in fmt.fields else np.full(len(lines), 0)
+    good = fields.is_valid().to_numpy(zero_copy_only=False) & possible
+    if "status" in fmt.fields:
+        good &= (status >= 100) & (status <= 599)
+    kept = pc.filter(fields, pa.array(good))
+    return good, _records(kept, seconds[good], status[good], fmt)
+
+
+def _take_part(fmt: LogFormat, lines: pa.Array, remaining: np.ndarray, parts: list) -> np.ndarray:
+    """Parse the `remaining` lines with `fmt`, add what fits to `parts`, return the rest."""
+    subset = lines if len(remaining) == len(lines) else pc.take(lines, pa.array(remaining))
+    good, records = _parse_with(fmt, subset)
+    if good.any():
+        parts.append((fmt, remaining[good], records))
+    return remaining[~good]
+
+
+def _stamp_times(lines: pa.Array) -> np.ndarray:
+    """The UTC time of a `[dd/Mon/yyyy:hh:mm:ss ±hhmm]` stamp anywhere in each line, or NaN."""
+    fields = pc.extract_regex(lines, TIME)
+    seconds, possible = _utc_seconds(fields)
+    readable = fields.is_valid().to_numpy(zero_copy_only=False) & possible
+    return np.where(readable, seconds, np.nan)
 
 
 def _blank(lines: pa.Array) -> np.ndarray:
@@ -261,10 +318,9 @@ def _sample(raw: bytes) -> str:
 
 
 def _malformed_table(
-    lines: pa.BinaryArray, bad: np.ndarray, times: np.ndarray, path: Path | str, first_line: int
+    lines: pa.BinaryArray, index: np.ndarray, times: np.ndarray, path: Path | str, first_line: int
 ) -> pa.Table:
-    index = np.flatnonzero(bad)
-    raw = pc.take(lines, pa.array(index)).to_pylist()
+    raw = pc.take(lines, pa.array(index, pa.int64())).to_pylist()
     return pa.Table.from_arrays(
         [
             pa.array(times[index], mask=np.isnan(times[index])).cast(pa.int64()),
@@ -276,45 +332,173 @@ def _malformed_table(
     )
 
 
-class _FileState:
-    """What carries from one block of a file to the next: line number, last good time."""
+@dataclass
+class ParsedBlock:
+    """One block of a file: the good lines' records (in line order) and their line numbers,
+    the malformed lines (with estimated times), and the format changes found in it."""
 
-    def __init__(self) -> None:
-        self.next_line = 1
+    records: pa.Table
+    record_lines: np.ndarray
+    malformed: pa.Table
+    lines: int
+    changes: list[FormatChange] = field(default_factory=list)
+
+
+class LogParser:
+    """Parses the blocks of one file in order: line numbers, formats and last good time
+    carry from one block to the next."""
+
+    def __init__(
+        self, name: Path | str, log_format: LogFormat | None = None, first_line: int = 1
+    ) -> None:
+        self.name = str(name)
+        self.formats: list[LogFormat] = [log_format] if log_format else []
+        self.next_line = first_line
         self.last_time = np.nan
 
+    @property
+    def log_format(self) -> LogFormat | None:
+        return self.formats[0] if self.formats else None
 
-def _estimated_times(seconds: np.ndarray, good: np.ndarray, state: _FileState) -> np.ndarray:
-    """Each line's own time if good, else the last good time before it (NaN if none yet)."""
-    times = np.where(good, seconds, np.nan).astype(np.float64)
-    times = np.concatenate([[state.last_time], times])
-    index = np.where(~np.isnan(times), np.arange(len(times)), 0)
-    np.maximum.accumulate(index, out=index)
-    filled = times[index][1:]
-    known = np.flatnonzero(~np.isnan(filled))
-    if len(known):
-        # Junk at the very start of a file takes the time of the first good line after it.
-        filled[: known[0]] = filled[known[0]]
-        state.last_time = filled[-1]
-    return filled
+    def parse(self, block: bytes) -> ParsedBlock:
+        lines = split_lines(block)
+        lengths = pc.binary_length(lines).to_numpy(zero_copy_only=False)
+        usable = (lengths <= MAX_LINE_BYTES) & ~_non_utf8(lines, block)
+        if not self.formats:
+            found, _count = detect(pc.filter(lines, pa.array(usable)))
+            self.formats += [found] if found else []
+        parts, changes = self._parse_usable(lines, np.flatnonzero(usable))
+        order = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
+        records = _concat_records([p[2] for p in parts])
+        if len(parts) > 1:
+            sort = np.argsort(order, kind="stable")
+            order, records = order[sort], records.take(pa.array(sort))
+        good = np.zeros(len(lines), dtype=bool)
+        good[order] = True
+        seconds = np.full(len(lines), np.nan)
+        seconds[order] = records.column("time").to_numpy()
+        bad = np.flatnonzero(~good)
+        if len(bad):
+            bad = bad[~_blank(pc.take(lines, pa.array(bad)))]
+            seconds[bad] = _stamp_times(pc.take(lines, pa.array(bad)))
+        times = self._estimated_times(seconds)
+        malformed = _malformed_table(lines, bad, times, self.name, self.next_line)
+        first = self.next_line
+        self.next_line += len(lines)
+        changes = [
+            FormatChange(self.name, index + first, _int_or_none(times[index]), previous, new)
+            for index, previous, new in changes
+        ]
+        return ParsedBlock(records, order + first, malformed, len(lines), changes)
+
+    def _parse_usable(self, lines: pa.Array, remaining: np.ndarray) -> tuple[list, list]:
+        """Each format in turn on the lines not yet parsed, then presets on what is left.
+
+        Returns the parts (format, line indexes, records) and the changes (index of the
+        first line in the new format, previous format, new format)."""
+        parts: list[tuple[LogFormat, np.ndarray, pa.Table]] = []
+        changes: list[tuple[int, str, str]] = []
+        for fmt in self.formats:
+            if len(remaining):
+                remaining = _take_part(fmt, lines, remaining, parts)
+        if len(remaining) and self.formats:
+            remaining = remaining[~_blank(pc.take(lines, pa.array(remaining)))]
+        while len(remaining) and self.formats:
+            found = self._new_format(pc.take(lines, pa.array(remaining)))
+            if found is None:
+                break
+            before = len(parts)
+            remaining = _take_part(found, lines, remaining, parts)
+            if len(parts) == before:
+                break
+            changes.append((int(parts[-1][1][0]), self.formats[0].name, found.name))
+            self.formats.append(found)
+        if len(parts) > 1:  # the format that read most of this block is tried first next time
+            counts = {fmt.definition: 0 for fmt in self.formats}
+            for fmt, index, _records in parts:
+                counts[fmt.definition] += len(index)
+            self.formats.sort(key=lambda fmt: -counts[fmt.definition])
+        return parts, changes
+
+    def _new_format(self, failed: pa.Array) -> LogFormat | None:
+        """A preset, not yet in use, that fits most of the lines that failed, or None."""
+        found, count = detect(failed, exclude=tuple(f.definition for f in self.formats))
+        sample = min(len(failed), 2000)
+        if found is None or (count * 2 < sample and count < MIN_CHANGE_LINES):
+            return None
+        return found
+
+    def _estimated_times(self, seconds: np.ndarray) -> np.ndarray:
+        """Each line's own time if known, else the last known time before it (NaN if none)."""
+        times = np.concatenate([[self.last_time], seconds])
+        index = np.where(~np.isnan(times), np.arange(len(times)), 0)
+        np.maximum.accumulate(index, out=index)
+        filled = times[index][1:]
+        known = np.flatnonzero(~np.isnan(filled))
+        if len(known):
+            # Junk at the very start of a file takes the time of the first good line after it.
+            filled[: known[0]] = filled[known[0]]
+            self.last_time = filled[-1]
+        return filled
+
+
+def _int_or_none(value: float) -> int | None:
+    return None if np.isnan(value) else int(value)
+
+
+def _concat_records(tables: list[pa.Table]) -> pa.Table:
+    if not tables:
+        return RECORD_SCHEMA.empty_table()
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
 
 
 def _in_window(times: pa.Array, start: int, end: int) -> pa.Array:
     return pc.and_kleene(pc.greater_equal(times, start), pc.less(times, end))
 
 
+def _chunk(parser: LogParser, block: bytes, lo: int, hi: int) -> LogChunk:
+    parsed = parser.parse(block)
+    keep_time = parsed.malformed.column("time")
+    in_window = pc.or_kleene(_in_window(keep_time, lo, hi), pc.is_null(keep_time))
+    return LogChunk(
+        records=parsed.records.filter(_in_window(parsed.records.column("time"), lo, hi)),
+        malformed=parsed.malformed.filter(in_window),
+        lines_read=parser.next_line - 1,
+        file=parser.name,
+        parsed=parsed.records.num_rows,
+        skipped=parsed.malformed.num_rows,
+        log_format=parser.log_format,
+        format_changes=tuple(parsed.changes),
+    )
+
+
 def parse_blocks(
-    blocks: Iterable[bytes], name: Path | str, start: datetime, end: datetime
+    blocks: Iterable[bytes],
+    name: Path | str,
+    start: datetime,
+    end: datetime,
+    *,
+    log_format: LogFormat | None = None,
+    first_line: int = 1,
 ) -> Iterator[LogChunk]:
-    """Chunks of one stream's lines (blocks of whole lines) whose time is in [start, end)."""
+    """Chunks of one stream's lines (blocks of whole lines) whose time is in [start, end).
+
+    `log_format`: the stream's format (None: detect it); `first_line`: the number of the
+    first line (to parse lines appended to a file read before).
+    """
     lo, hi = int(start.timestamp()), int(end.timestamp())
-    state = _FileState()
+    parser = LogParser(name, log_format, first_line)
     for block in blocks:
-        yield _parse_chunk(block, name, state, lo, hi)
+        yield _chunk(parser, block, lo, hi)
 
 
 def read_log_file(
-    path: Path, start: datetime, end: datetime, chunk_bytes: int = CHUNK_BYTES
+    path: Path,
+    start: datetime,
+    end: datetime,
+    chunk_bytes: int = CHUNK_BYTES,
+    *,
+    log_format: LogFormat | None = None,
 ) -> Iterator[LogChunk]:
     """Chunks of one file's lines whose time falls in [start, end) (aware datetimes).
 
@@ -324,7 +508,8 @@ def read_log_file(
     lines_read = 0
     try:
         with open_log(path) as stream:
-            for chunk in parse_blocks(line_blocks(stream, chunk_bytes), path, start, end):
+            blocks = line_blocks(stream, chunk_bytes)
+            for chunk in parse_blocks(blocks, path, start, end, log_format=log_format):
                 lines_read = chunk.lines_read
                 yield chunk
     except (EOFError, OSError, zlib.error) as error:
@@ -336,28 +521,23 @@ def read_log_file(
                 schema=MALFORMED_SCHEMA,
             ),
             lines_read,
+            file=str(path),
+            skipped=1,
         )
 
 
-def _parse_chunk(block: bytes, path: Path | str, state: _FileState, lo: int, hi: int) -> LogChunk:
-    records, good, lines = parse_block(block)
-    seconds = np.zeros(len(good), dtype=np.float64)
-    seconds[good] = records.column("time").to_numpy()
-    times = _estimated_times(seconds, good, state)
-    bad = ~good
-    if bad.any():
-        bad[bad] = ~_blank(pc.filter(lines, pa.array(bad)))
-    malformed = _malformed_table(lines, bad, times, path, state.next_line)
-    state.next_line += len(good)
-    keep_time = malformed.column("time")
-    malformed = malformed.filter(pc.or_kleene(_in_window(keep_time, lo, hi), pc.is_null(keep_time)))
-    in_window = records.filter(_in_window(records.column("time"), lo, hi))
-    return LogChunk(in_window, malformed, state.next_line - 1)
-
-
 def read_access_logs(
-    paths: Iterable[Path], start: datetime, end: datetime, chunk_bytes: int = CHUNK_BYTES
+    paths: Iterable[Path],
+    start: datetime,
+    end: datetime,
+    chunk_bytes: int = CHUNK_BYTES,
+    *,
+    formats: Callable[[Path], LogFormat | None] | None = None,
 ) -> Iterator[LogChunk]:
-    """Chunks of every file's lines in [start, end); malformed lines with no time are kept too."""
+    """Chunks of every file's lines in [start, end); malformed lines with no time are kept too.
+
+    `formats` gives a file's configured format (None: detect it), e.g. `FormatConfig.for_file`.
+    """
     for path in paths:
-        yield from read_log_file(path, start, end, chunk_bytes)
+        log_format = formats(path) if formats else None
+        yield from read_log_file(path, start, end, chunk_bytes, log_format=log_format)

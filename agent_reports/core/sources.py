@@ -363,13 +363,18 @@ class FileSource:
         self.cache_root = cache_root if cache_root is not None else csv_files.default_cache_root()
 
     def access_logs(self, start: datetime, end: datetime) -> Iterator[LogChunk]:
-        """Every file under `<data_dir>/logs/` (plain or .gz, any names), streamed."""
+        """Every file under `<data_dir>/logs/` (plain or .gz, any names), streamed, each in
+        its configured format (`<logs>/.agent_reports.toml`, AGENT_REPORTS_LOG_FORMAT) or
+        the one detected (docs/log-formats.md)."""
         from agent_reports.core.access_logs import log_files, read_access_logs
+        from agent_reports.core.log_formats import FormatConfig
+        from agent_reports.core.settings import log_format
 
         folder = self.data_dir / "logs"
         if not folder.is_dir():
             raise InputError(folder, None, None, "folder not found (AGENT_REPORTS_DATA_DIR/logs)")
-        return read_access_logs(log_files(folder), start, end)
+        config = FormatConfig.load(folder, log_format())
+        return read_access_logs(log_files(folder), start, end, formats=config.for_file)
 
     def customers(self) -> pd.DataFrame:
         """Every CSV under `<data_dir>/customers/`, one base."""
