@@ -413,7 +413,7 @@ class LogParser:
                 break
             changes.append((int(parts[-1][1][0]), self.formats[0].name, found.name))
             self.formats.append(found)
-        if len(parts) > 1:  # the format that read most of this block is tried first next time
+        if len(self.formats) > 1:  # the format that read most of this block goes first next
             counts = {fmt.definition: 0 for fmt in self.formats}
             for fmt, index, _records in parts:
                 counts[fmt.definition] += len(index)

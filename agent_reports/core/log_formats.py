@@ -192,7 +192,7 @@ def _nginx_pieces(text: str) -> list[Piece]:
         if variable == "time_local":
             pieces.append(("time", None, None))
         elif variable == "request_time":
-            pieces.append(("rt", 1.0, r"\d+\.\d+|\d+"))
+            pieces.append(("rt", 1.0, r"\d+\.\d+"))  # always ms precision
         elif variable == "upstream_response_time":
             pieces.append((None, None, UPSTREAM_TIMES))
         else:
