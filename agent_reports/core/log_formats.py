@@ -76,6 +76,7 @@ class LogFormat:
     pattern: str
     rt_unit: float | None = None
     fields: tuple[str, ...] = ()
+    columns: tuple[Column, ...] | None = None  # the fast path's layout; None: regex only
 
     @classmethod
     def parse(cls, definition: str, name: str | None = None) -> LogFormat:
@@ -92,7 +93,7 @@ class LogFormat:
             raise FormatError(
                 f"{definition!r} has no timestamp: it needs %t (Apache) or $time_local (nginx)"
             )
-        return cls(name or "custom", definition, pattern, unit, tuple(fields))
+        return cls(name or "custom", definition, pattern, unit, tuple(fields), _columns(pieces))
 
     def with_unit(self, unit: float) -> LogFormat:
         suffix = {1.0: "s", 1e-6: "us"}.get(unit, f"{unit:g}s")
@@ -218,7 +219,85 @@ def _nginx_brackets(pieces: list[Piece]) -> list[Piece]:
     return out
 
 
-def _compile(pieces: list[Piece]) -> tuple[str, list[str], float | None]:
+@dataclass(frozen=True)
+class Column:
+    """One space-separated field of a line as a CSV tokenizer sees it (quotes stripped).
+
+    `field`: the record field it holds alone; `pattern`: an anchored pattern with named
+    groups, for a column
+    holding literals or several directives (`%v:%p`, `%{ms}Tms`); `time`: the two columns
+    `[dd/Mon/yyyy:hh:mm:ss` and `±hhmm]`.
+    """
+
+    field: str | None = None
+    pattern: str | None = None
+    quoted: bool = False
+    time: bool = False
+
+
+def _split_columns(pieces: list[Piece]) -> list[list[Piece]] | None:
+    """The pieces grouped by the spaces (outside quotes) that separate a line's columns."""
+    columns: list[list[Piece]] = [[]]
+    quoted = False
+    for piece in pieces:
+        if not isinstance(piece, str):
+            body = piece[2] or ""
+            if not quoted and " " in body:
+                return None  # a value that may hold spaces: not tokenizable
+            columns[-1].append(piece)
+            continue
+        for char in piece:
+            if char == " " and not quoted:
+                columns.append([])
+                continue
+            quoted ^= char == '"'
+            columns[-1].append(char)
+    return columns
+
+
+def _columns(pieces: list[Piece]) -> tuple[Column, ...] | None:
+    """The fast path's column layout, or None when a value may hold a space or a quote
+    sits inside a column (only the regex reads such a format)."""
+    groups = _split_columns(pieces)
+    if groups is None:
+        return None
+    columns = []
+    seen: set[str] = set()
+    for group in groups:
+        quoted = len(group) >= 2 and group[0] == '"' and group[-1] == '"'
+        inner = group[1:-1] if quoted else group
+        if any(piece == '"' for piece in inner):
+            return None
+        if len(inner) == 1 and isinstance(inner[0], tuple):
+            field = inner[0][0]
+            if field == "time":
+                columns.append(Column(time=True))
+                continue
+            named = field if field and field not in seen else None
+            seen.add(named or "")
+            columns.append(Column(named, None, quoted))
+            continue
+        literal_pieces = ["".join(inner)] if all(isinstance(p, str) for p in inner) else inner
+        pattern, fields, _unit = _compile(_merge_chars(literal_pieces), seen)
+        seen.update(fields)
+        columns.append(Column(None, pattern.removesuffix(LINE_END) + "$", quoted))
+    return tuple(columns)
+
+
+def _merge_chars(pieces: list[Piece]) -> list[Piece]:
+    """Consecutive one-character literals joined back into text."""
+    merged: list[Piece] = []
+    for piece in pieces:
+        if isinstance(piece, str) and merged and isinstance(merged[-1], str):
+            merged[-1] += piece
+        else:
+            merged.append(piece)
+    return merged
+
+
+def _compile(
+    pieces: list[Piece], seen: set[str] | frozenset[str] = frozenset()
+) -> tuple[str, list[str], float | None]:
     """The anchored pattern, the fields it names (each once), and the request-time unit."""
     parts, fields, unit, quoted = ["^"], [], None, False
     for piece in pieces:
@@ -235,7 +314,7 @@ def _compile(pieces: list[Piece]) -> tuple[str, list[str], float | None]:
             continue
         outside, inside = FIELDS.get(field, (None, None)) if field else (None, None)
         body = raw or (inside if quoted else outside) or (QUOTED if quoted else TOKEN)
-        if field and field not in fields:
+        if field and field not in fields and field not in seen:
             fields.append(field)
             if field == "rt":
                 unit = piece_unit
@@ -274,6 +353,7 @@ COMBINED_EXTRA = replace(
     name="combined_extra",
     definition=COMBINED + " <extra fields>",
     pattern=_combined.pattern.removesuffix(LINE_END) + EXTRA_FIELDS + LINE_END,
+    columns=None,
 )
 PRESET_BY_DEFINITION = {f.definition: f for f in [*PRESETS.values(), COMBINED_EXTRA]}
 
