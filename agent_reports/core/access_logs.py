@@ -49,7 +49,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
-from agent_reports.core.log_formats import TIME, LogFormat, detect
+from agent_reports.core.log_formats import DETECT_LINES, TIME, LogFormat, detect
 
 CHUNK_BYTES = 16 * 1024 * 1024
 READ_BYTES = 1024 * 1024
@@ -231,8 +231,18 @@ def _text(field: pa.Array | None, length: int) -> pa.Array:
     """A binary field as text; empty or '-' becomes null (all null when the format has none)."""
     if field is None:
         return pa.nulls(length, pa.string())
-    text = field.cast(pa.string())
-    return pc.if_else(pc.is_in(text, pa.array(["", "-"])), None, text)
+    return _null_where(field.cast(pa.string()), pc.is_in(field, pa.array([b"", b"-"])))
+
+
+def _null_where(array: pa.Array, mask: pa.Array) -> pa.Array:
+    """`array` with nulls where `mask` is true: a new validity bitmap over the same data."""
+    hide = mask.to_numpy(zero_copy_only=False)
+    if not hide.any():
+        return array
+    if array.offset or array.null_count:
+        return pc.if_else(mask, None, array)
+    validity = pa.py_buffer(np.packbits(~hide, bitorder="little"))
+    return pa.Array.from_buffers(array.type, len(array), [validity, *array.buffers()[1:]])
 
 
 def _request_time(field: pa.Array | None, unit: float | None, length: int) -> pa.Array:
@@ -259,8 +269,8 @@ def _records(
     if byte_field is None:
         byte_count = pa.nulls(n, pa.int64())
     else:
-        byte_field = pc.if_else(pc.equal(byte_field, b"-"), b"0", byte_field)
-        byte_count = byte_field.cast(pa.string()).cast(pa.int64())
+        dash = pc.equal(byte_field, b"-")
+        byte_count = pc.fill_null(_null_where(byte_field, dash).cast(pa.int64()), 0)
     return pa.Table.from_arrays(
         [
             pa.array(seconds),
@@ -461,7 +471,7 @@ def _tokenized(
     if "status" in fields:
         ok &= (status >= 100) & (status <= 599)
     keep = pa.array(ok)
-    kept = {name: pc.filter(values, keep) for name, values in fields.items()}
+    kept = fields if ok.all() else {name: pc.filter(v, keep) for name, v in fields.items()}
     good = np.zeros(len(lines), dtype=bool)
     good[row_lines[ok]] = True
     return good, _records(kept, seconds[ok], status[ok], fmt, int(ok.sum()))
@@ -539,7 +549,8 @@ class LogParser:
         lengths = pc.binary_length(lines).to_numpy(zero_copy_only=False)
         usable = (lengths <= MAX_LINE_BYTES) & ~_non_utf8(lines, block)
         if not self.formats:
-            found, _count = detect(pc.filter(lines, pa.array(usable)))
+            head = slice(0, DETECT_LINES)
+            found, _count = detect(pc.filter(lines[head], pa.array(usable[head])))
             self.formats += [found] if found else []
         parts, changes = self._parse_usable(block, lines, usable)
         order = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
