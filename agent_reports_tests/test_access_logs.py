@@ -292,3 +292,16 @@ def test_unknown_formats_are_skipped_and_timed_by_their_own_stamp(tmp_path: Path
     chunks = list(read_log_file(junk, *ALL_TIME))
     assert [m["time"] for c in chunks for m in c.malformed.to_pylist()] == [None, None]
     assert [(c.parsed, c.skipped, c.log_format) for c in chunks] == [(0, 2, None)]
+
+
+def test_a_line_cut_inside_quotes_does_not_swallow_the_next_lines(tmp_path: Path) -> None:
+    lines = [_combined(n, 10) for n in range(6)]
+    lines[1] = lines[1][:70] + "\n"  # cut inside the quoted request: an unclosed quote
+    lines[3] = lines[3].replace('"agent"', '"a \\"quoted\\" agent"')  # Apache's escape
+    lines[4] = lines[4].replace("/p4", '/p4"x').replace(' "-"', ' "-\r-"')  # stray ", lone CR
+    path = tmp_path / "access.log"
+    path.write_text("".join(lines))
+    records, malformed = _read(path)
+    assert [r["path"] for r in records] == ["/p0", "/p2", "/p3", "/p5"]
+    assert records[2]["user_agent"] == 'a \\"quoted\\" agent'
+    assert [m["line"] for m in malformed] == [2, 5]

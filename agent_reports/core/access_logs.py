@@ -274,7 +274,7 @@ def _records(
     return pa.Table.from_arrays(
         [
             pa.array(seconds),
-            fields["client"].cast(pa.string()),
+            fields["client"].cast(pa.string()) if "client" in fields else pa.nulls(n, pa.string()),
             _text(fields.get("user"), n),
             _text(fields.get("method"), n),
             _text(fields.get("path"), n),
