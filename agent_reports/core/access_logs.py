@@ -55,7 +55,7 @@ CHUNK_BYTES = 16 * 1024 * 1024
 READ_BYTES = 1024 * 1024
 MAX_LINE_BYTES = 8192
 SAMPLE_CHARS = 200
-MIN_CHANGE_LINES = 100  # a format change needs this many lines, or half a block's failures
+MIN_CHANGE_LINES = 100  # lines a new format needs in a block (or half of the block)
 
 REQUEST_PATTERN = r"^(?P<method>[A-Za-z]+) (?P<path>\S+)(?: (?P<protocol>\S+))?$"
 MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
@@ -594,7 +594,9 @@ class LogParser:
                 remaining = _take_part(fmt, lines, remaining, parts)
         if len(remaining) and self.formats:
             remaining = remaining[~_blank(pc.take(lines, pa.array(remaining)))]
-        while len(remaining) and self.formats:
+        # A few bad lines in a block are junk, not a new format: detection is not tried.
+        worth_detecting = len(remaining) >= MIN_CHANGE_LINES or len(remaining) * 2 >= len(lines)
+        while len(remaining) and self.formats and worth_detecting:
             found = self._new_format(pc.take(lines, pa.array(remaining)))
             if found is None:
                 break
@@ -614,7 +616,7 @@ class LogParser:
     def _new_format(self, failed: pa.Array) -> LogFormat | None:
         """A preset, not yet in use, that fits most of the lines that failed, or None."""
         found, count = detect(failed, exclude=tuple(f.definition for f in self.formats))
-        sample = min(len(failed), 2000)
+        sample = min(len(failed), DETECT_LINES)
         if found is None or (count * 2 < sample and count < MIN_CHANGE_LINES):
             return None
         return found
