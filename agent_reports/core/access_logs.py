@@ -635,6 +635,18 @@ class LogParser:
         return filled
 
 
+def parse_block(
+    block: bytes, log_format: LogFormat | None = None
+) -> tuple[pa.Table, np.ndarray, pa.BinaryArray]:
+    """One block on its own (its format detected unless given): the good lines' records,
+    the good-line mask and all the lines."""
+    parsed = LogParser("block", log_format).parse(block)
+    lines = split_lines(block)
+    good = np.zeros(len(lines), dtype=bool)
+    good[parsed.record_lines - 1] = True
+    return parsed.records, good, lines
+
+
 def _int_or_none(value: float) -> int | None:
     return None if np.isnan(value) else int(value)
 
