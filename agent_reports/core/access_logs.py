@@ -28,9 +28,10 @@ format found before and the number of the first new line,
 `LogFormat.from_spec`), so the appended lines are not detected again and keep the file's
 line numbers.
 
-The work is vectorised with pyarrow (RE2 regex extraction, numpy date arithmetic) over
-blocks of `CHUNK_BYTES`, so memory is bounded by the block size, not the file size
-(measured in benchmarks/log_parse.py).
+The work is vectorised over blocks of `CHUNK_BYTES`, so memory is bounded by the block
+size, not the file size: pyarrow's CSV tokenizer reads the lines the format's RE2 pattern
+matches (see "the tokenizer path" below), RE2 extraction the rest, numpy does the date
+arithmetic (measured in benchmarks/log_parse.py).
 """
 
 from __future__ import annotations
