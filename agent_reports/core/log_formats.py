@@ -59,6 +59,9 @@ FIELDS = {
 SECONDS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
 
 
+PRESETS: dict[str, LogFormat] = {}  # filled below, once LogFormat can build them
+
+
 class FormatError(ValueError):
     """A format string that cannot be used, with the reason."""
 
@@ -82,7 +85,7 @@ class LogFormat:
     def parse(cls, definition: str, name: str | None = None) -> LogFormat:
         """A preset name, or an Apache `LogFormat` / nginx `log_format` string."""
         text = definition.strip()
-        if text in globals().get("PRESETS", {}):
+        if text in PRESETS:
             return PRESETS[text]
         if "$" in text and "%" not in text.replace("%%", ""):
             pieces = _nginx_pieces(text)
@@ -346,7 +349,7 @@ _PRESET_DEFINITIONS = {
     "vhost_common": '%v %h %l %u %t "%r" %>s %b',
     "common": COMMON,
 }
-PRESETS = {name: LogFormat.parse(text, name) for name, text in _PRESET_DEFINITIONS.items()}
+PRESETS.update({name: LogFormat.parse(text, name) for name, text in _PRESET_DEFINITIONS.items()})
 _combined = PRESETS["combined"]
 COMBINED_EXTRA = replace(
     _combined,
