@@ -13,8 +13,9 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import pytest
-from dagster import build_schedule_context, materialize
+from dagster import AssetCheckSeverity, build_schedule_context, materialize
 
 from agent_reports.anomalies import assets as anomalies_assets
 from agent_reports.anomalies.analysis import (
@@ -23,8 +24,10 @@ from agent_reports.anomalies.analysis import (
     detect,
     partition_traffic,
 )
+from agent_reports.anomalies.checks import anomalies_checks
 from agent_reports.core.access_logs import parse_blocks
 from agent_reports.core.access_logs_demo import demo_blocks, demo_incidents, hour_lines
+from agent_reports.core.sources import FileSource
 from agent_reports.definitions import defs
 
 ASSETS = [
@@ -253,3 +256,171 @@ def test_alert_once_per_partition_and_severity_across_reruns_and_a_crash(
     assert len(hooks) == 1
     assert hooks[0]["body"]["partition"] == INCIDENT_KEY
     assert hooks[0]["body"]["severity"] != "none"
+
+
+# ------------------------------------------------------------- formats and coverage
+
+OUTAGE_KEY = "2024-03-05-14:00"
+
+
+def _stamp(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%d/%b/%Y:%H:%M:%S +0000")
+
+
+def _combined(r: dict) -> str:
+    return (
+        f'{r["client"]} - - [{_stamp(r["time"])}] "GET {r["path"]} HTTP/1.1" {r["status"]} '
+        f'{r["bytes"]} "-" "{r["agent"]}"'
+    )
+
+
+# Each format as its documentation writes a line (see data/access_logs/README.md).
+WRITERS = {
+    "common": lambda r: _combined(r).rsplit(' "-" ', 1)[0],
+    "combined": _combined,
+    "combined_extra": lambda r: _combined(r) + ' "www.example.com" "TLSv1.3" 443',
+    "vhost_combined": lambda r: "www.example.com:443 " + _combined(r),
+    "combinedio": lambda r: _combined(r) + f" 312 {r['bytes'] + 230}",
+    "apache_D": lambda r: _combined(r) + f" {int(r['rt'] * 1e6)}",
+    "apache_T": lambda r: _combined(r) + f" {int(r['rt'])}",
+    "nginx_main": lambda r: _combined(r) + ' "-"',
+    "nginx_timed": lambda r: _combined(r) + f" {r['rt']:.3f} {r['rt']:.3f}",
+    "nginx_main_timed": lambda r: _combined(r) + f' "198.51.100.1" {r["rt"]:.3f} -',
+    "traefik": lambda r: (
+        _combined(r) + f' 7 "web@docker" "http://10.0.0.7:80" {int(r["rt"] * 1e3)}ms'
+    ),
+}
+TIMED = {"apache_D", "apache_T", "nginx_timed", "nginx_main_timed", "traefik"}
+
+
+def _hour_requests(hour: int, rng, outage: bool) -> list[dict]:
+    """An ordinary hour (about 1% 5xx, tens of ms), or an outage: a third 503 taking 5 s."""
+    rows = []
+    for n in range(int(rng.integers(280, 320))):
+        failed = rng.random() < (1 / 3 if outage else 0.01)
+        rows.append(
+            {
+                "time": hour * 3600 + n * 3600 / 320,
+                "client": f"203.0.113.{rng.integers(1, 60)}",
+                "path": f"/api/items/{rng.integers(0, 30)}",
+                "status": 503 if failed else 200,
+                "bytes": int(rng.integers(200, 5000)),
+                "agent": "Mozilla/5.0",
+                "rt": 5.2 if failed and outage else float(rng.uniform(0.01, 0.2)),
+            }
+        )
+    return rows
+
+
+def _write_outage_logs(logs: Path, preset: str, write=None) -> int:
+    """Seven same-hour baseline days, three trailing hours and the outage hour, one file."""
+    hour = _epoch_hour(OUTAGE_KEY)
+    rng = np.random.default_rng(11)
+    hours = sorted({hour - 24 * d for d in range(1, 8)} | {hour - 3, hour - 2, hour - 1, hour})
+    write = write or WRITERS[preset]
+    lines = [write(r) for h in hours for r in _hour_requests(h, rng, h == hour)]
+    logs.mkdir(parents=True, exist_ok=True)
+    (logs / f"{preset}.log").write_text("\n".join(lines) + "\n")
+    return hour
+
+
+def _verdict(data_dir: Path, hour: int) -> dict:
+    start = datetime.fromtimestamp((hour - LOOKBACK_HOURS) * 3600, UTC)
+    end = datetime.fromtimestamp((hour + 1) * 3600, UTC)
+    traffic = HourlyTraffic().add_all(FileSource(data_dir).access_logs(start, end))
+    window = partition_traffic(traffic, hour)
+    return {**detect(window["features"], window["baseline"]), "features": window["features"]}
+
+
+@pytest.mark.parametrize("preset", sorted(WRITERS))
+def test_an_outage_hour_is_high_severity_in_every_format(tmp_path, preset) -> None:
+    hour = _write_outage_logs(tmp_path / "logs", preset)
+    verdict = _verdict(tmp_path, hour)
+    coverage = verdict["features"]["coverage"]
+    assert coverage["lines_skipped"] == 0 and coverage["lines_untimed"] == 0
+    assert coverage["lines_parsed"] == coverage["lines_read"] == verdict["features"]["requests"]
+    assert verdict["severity"] == "high"
+    assert "rate_5xx" in {a["metric"] for a in verdict["anomalies"]}
+    if preset in TIMED:
+        assert verdict["features"]["latency_p95_ms"] > 4000
+        assert "latency_p95_ms" in {a["metric"] for a in verdict["anomalies"]}
+
+
+def _materialize_with_checks(key: str):
+    result = materialize([*ASSETS, *anomalies_checks], partition_key=key, resources=defs.resources)
+    assert result.success
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    path = Path(os.environ["AGENT_REPORTS_REPORTS_DIR"]) / "anomalies" / f"{key}.json"
+    return json.loads(path.read_text()), checks
+
+
+def _files_source(monkeypatch, data_dir: Path, webhook_url: str) -> None:
+    monkeypatch.setenv("AGENT_REPORTS_SOURCE", "files")
+    monkeypatch.setenv("AGENT_REPORTS_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("AGENT_REPORTS_WEBHOOK_URL", webhook_url)
+
+
+def test_unreadable_logs_give_unknown_a_failing_error_check_and_one_alert(
+    tmp_path, monkeypatch, webhook_server
+) -> None:
+    url, hooks = webhook_server
+    logs = tmp_path / "data" / "logs"
+    hour = _write_outage_logs(logs, "combined")
+    # From 14:00 the host logs JSON lines, which no preset reads (each quotes the CLF line,
+    # so its stamp still places it in its hour).
+    readable, unreadable_lines = [], []
+    for line in (logs / "combined.log").read_text().splitlines():
+        stamp = datetime.strptime(line.split("[")[1][:26], "%d/%b/%Y:%H:%M:%S %z")
+        if stamp.timestamp() < hour * 3600:
+            readable.append(line)
+        else:
+            unreadable_lines.append(json.dumps({"ts": stamp.isoformat(), "line": line}))
+    (logs / "combined.log").write_text("\n".join(readable + unreadable_lines) + "\n")
+    (logs / "app.log").write_text("worker started\nworker stopped\n")  # no time at all
+    _files_source(monkeypatch, tmp_path / "data", url)
+
+    for _ in range(2):
+        record, checks = _materialize_with_checks(OUTAGE_KEY)
+    metrics = record["metrics"]
+    assert metrics["severity"] == "unknown"
+    coverage = metrics["coverage"]
+    assert coverage["lines_parsed"] == 0
+    assert coverage["lines_skipped"] == len(unreadable_lines) and coverage["lines_untimed"] == 2
+    assert coverage["lines_read"] == len(unreadable_lines) + 2
+    files = {Path(f["file"]).name: f for f in coverage["files"]}
+    assert files["combined.log"]["unreadable_since"] == "2024-03-05 14:00:00 UTC"
+    assert files["app.log"]["lines_untimed"] == 2
+    assert record["notes"][1].startswith(f"Read {coverage['lines_read']} log line(s)")
+    assert any("unreadable" in note and "combined.log" in note for note in record["notes"])
+    assert record["summary"].startswith("Unknown:")
+    check = checks["logs_mostly_parsed"]
+    assert not check.passed and check.severity == AssetCheckSeverity.ERROR
+    [hook] = hooks  # two runs, one alert (the ledger)
+    assert hook["body"]["severity"] == "unknown"
+    assert "combined.log" in json.dumps(hook["body"]["files"])
+
+
+def test_a_format_change_mid_file_is_reported_and_alerted_once(
+    tmp_path, monkeypatch, webhook_server
+) -> None:
+    url, hooks = webhook_server
+    change_at = _epoch_hour(OUTAGE_KEY) * 3600 + 1200
+
+    def write(r: dict) -> str:
+        # At 14:20 the config adds "$http_x_forwarded_for" $request_time $upstream_response_time.
+        return WRITERS["nginx_main_timed" if r["time"] >= change_at else "combined"](r)
+
+    _write_outage_logs(tmp_path / "data" / "logs", "combined", write)
+    _files_source(monkeypatch, tmp_path / "data", url)
+
+    for _ in range(2):
+        record, checks = _materialize_with_checks(OUTAGE_KEY)
+    [change] = record["metrics"]["coverage"]["format_changes"]
+    assert (change["previous"], change["new"]) == ("combined", "nginx_main_timed")
+    assert change["time"].startswith("2024-03-05 14:20:")
+    assert any(note.startswith("Log format of") and "line" in note for note in record["notes"])
+    assert record["metrics"]["severity"] == "high"
+    assert record["metrics"]["coverage"]["lines_skipped"] == 0
+    assert checks["logs_mostly_parsed"].passed
+    changes = [h for h in hooks if "format_change" in h["body"]]
+    assert len(changes) == 1 and changes[0]["body"]["format_change"]["line"] == change["line"]

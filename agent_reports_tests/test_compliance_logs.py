@@ -180,3 +180,34 @@ def test_logged_text_reaches_the_model_only_as_data(
     assert "ignore-all-previous" not in system
     data = user.split("<data>", 1)[1].split("</data>", 1)[0]
     assert INJECTION in data and user.strip().endswith("</data>")
+
+
+def test_the_log_reader_counts_parsed_and_skipped_lines_per_file(tmp_path):
+    from agent_reports.compliance.logs import ReadStats, month_records
+    from agent_reports.core.sources import FileSource
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    day = datetime(2024, 3, 5, 10, 0, tzinfo=UTC)
+    nginx = LogBuilder()
+    for n in range(5):
+        nginx.add("203.0.113.1", day + timedelta(minutes=n), "/", 200)
+    # The official nginx image's `main`: one more quoted field, "$http_x_forwarded_for".
+    (logs / "nginx.log").write_text(nginx.text().replace("\n", ' "-"\n'))
+    (logs / "app.log").write_text(nginx.text() + "\x1b[31mnot a log line\n")
+    (logs / "feb.log").write_text(_line(OUTSIDE, datetime(2024, 2, 29, 23, tzinfo=UTC), "/", 200))
+    stats = ReadStats()
+    month = datetime(2024, 3, 1, tzinfo=UTC), datetime(2024, 4, 1, tzinfo=UTC)
+    tables = list(month_records(FileSource(tmp_path), *month, stats))
+    assert sum(t.num_rows for t in tables) == 10
+    assert (stats.files, stats.parsed, stats.skipped, stats.lines) == (3, 10, 1, 11)
+    per_file = {Path(name).name: vars(entry) for name, entry in stats.per_file.items()}
+    assert per_file == {
+        "app.log": {"format": "combined", "parsed": 5, "skipped": 1},
+        "feb.log": {"format": "combined", "parsed": 0, "skipped": 0},
+        "nginx.log": {"format": "nginx_main", "parsed": 5, "skipped": 0},
+    }
+    [numbered] = [
+        t for t in tables if t.num_rows and t.column("file")[0].as_py().endswith("app.log")
+    ]
+    assert numbered.column("line").to_pylist() == [1, 2, 3, 4, 5]

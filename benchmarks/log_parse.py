@@ -1,20 +1,22 @@
-"""Access-log parsing throughput and peak memory, one core, against pyarrow's CSV reader.
+"""Access-log parsing throughput per format preset, one core, against pyarrow's CSV reader.
 
-Writes a Combined Log Format file (with request times) from the demo generator, then runs
-each candidate in its own subprocess (so peak RSS is its own) `--repeat` times and prints
-the median lines/s, the ratio to the baseline measured in the same run, and peak RSS:
+Writes the demo generator's traffic in each preset's format (one file per preset), then
+runs, each in its own subprocess (so peak RSS is its own) `--repeat` times:
 
 - baseline: pyarrow.csv.open_csv streaming the file (space-delimited, quoted): reading only;
-- agent_reports: the project's parser (core/access_logs.py: pyarrow RE2 + numpy), streamed;
-- python_re: a per-line `re` loop with datetime parsing (the naive approach);
-- polars / duckdb: regex extraction over the whole file, when those packages are installed.
+- detected: the project's parser (core/access_logs.py) with the format detected per file;
+- known: the same with the format given (as AGENT_REPORTS_LOG_FORMAT would);
+- detection: the detector alone on the file's first lines (what "detected" adds).
 
-    .venv/bin/python benchmarks/log_parse.py --lines 1000000
+It prints median CPU seconds and lines/s, the ratio to the baseline measured in the same
+run, the cost of detection relative to the known-format parse, and peak RSS (VmHWM).
+
+    .venv/bin/python benchmarks/log_parse.py --lines 1000000 --presets combined
 """
 
 import argparse
 import os
-import resource
+import re
 import statistics
 import subprocess
 import sys
@@ -22,27 +24,60 @@ import tempfile
 import time
 from pathlib import Path
 
-ONE_CORE = {
-    "OMP_NUM_THREADS": "1",
-    "POLARS_MAX_THREADS": "1",
-    "ARROW_NUM_THREADS": "1",
-}
+ONE_CORE = {"OMP_NUM_THREADS": "1", "ARROW_NUM_THREADS": "1"}
+_DEMO = re.compile(rb'^(?P<combined>.*") (?P<rt>\d+\.\d+)$')
 
 
-def write_log(path: Path, lines: int) -> int:
+def _render(preset: str, line: bytes) -> bytes:
+    """A demo line (Combined + seconds) written as the preset writes it."""
+    match = _DEMO.match(line)
+    if match is None:  # the demo's own malformed lines stay as they are
+        return line
+    combined, seconds = match["combined"], match["rt"]
+    rt = float(seconds)
+    tails = {
+        "common": None,
+        "combined": b"",
+        "combined_rt": b" %d" % int(rt * 1e6),  # Apache %D
+        "nginx_main": b' "-"',
+        "nginx_main_timed": b' "-" %s %s' % (seconds, seconds),
+        "vhost_combined": b"",
+        "combinedio": b" 312 4096",
+        "traefik": b' 7 "web@docker" "http://10.0.0.7:80" %dms' % int(rt * 1e3),
+    }
+    if preset == "common":
+        return combined.rsplit(b' "', 2)[0]
+    prefix = b"www.example.com:443 " if preset == "vhost_combined" else b""
+    return prefix + combined + tails[preset]
+
+
+PRESETS = (
+    "common",
+    "combined",
+    "combined_rt",
+    "nginx_main",
+    "nginx_main_timed",
+    "vhost_combined",
+    "combinedio",
+    "traefik",
+)
+
+
+def write_logs(folder: Path, lines: int, presets: list[str]) -> dict[str, Path]:
     from agent_reports.core.access_logs_demo import hour_lines
 
-    written, hour = 0, 474_000
-    with open(path, "wb") as file:
-        while written < lines:
-            block = hour_lines(7, hour)
-            file.write(block)
-            written += block.count(b"\n")
-            hour += 1
-    return written
+    demo, hour = [], 474_000
+    while len(demo) < lines:
+        demo += hour_lines(7, hour).splitlines()
+        hour += 1
+    paths = {}
+    for preset in presets:
+        paths[preset] = folder / f"{preset}.log"
+        paths[preset].write_bytes(b"\n".join(_render(preset, d) for d in demo[:lines]) + b"\n")
+    return paths
 
 
-def run_baseline(path: Path) -> int:
+def run_baseline(path: Path, preset: str) -> int:
     import pyarrow as pa
     import pyarrow.csv as csv
 
@@ -57,7 +92,7 @@ def run_baseline(path: Path) -> int:
     return sum(batch.num_rows for batch in reader)
 
 
-def run_agent_reports(path: Path) -> int:
+def _parse(path: Path, log_format) -> int:
     from datetime import UTC, datetime
 
     import pyarrow as pa
@@ -66,91 +101,65 @@ def run_agent_reports(path: Path) -> int:
 
     pa.set_cpu_count(1)
     window = datetime(1970, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
-    return sum(chunk.records.num_rows for chunk in read_log_file(path, *window))
+    chunks = read_log_file(path, *window, log_format=log_format)
+    return sum(chunk.records.num_rows for chunk in chunks)
 
 
-def run_python_re(path: Path) -> int:
-    import re
-    from datetime import datetime
+def run_detected(path: Path, preset: str) -> int:
+    return _parse(path, None)
 
-    from agent_reports.core.access_logs import LINE_PATTERN
 
-    pattern = re.compile(LINE_PATTERN.encode())
-    rows = 0
+def run_known(path: Path, preset: str) -> int:
+    from agent_reports.core.log_formats import PRESETS as FORMATS
+
+    log_format = FORMATS[preset]
+    return _parse(path, log_format.with_unit(1e-6) if log_format.rt_unit is None else log_format)
+
+
+def run_detection(path: Path, preset: str) -> int:
+    """Detection alone, as the parser runs it on a file's first block."""
+    from agent_reports.core.access_logs import split_lines
+    from agent_reports.core.log_formats import DETECT_LINES, detect
+
     with open(path, "rb") as file:
-        for line in file:
-            match = pattern.match(line)
-            if match:
-                stamp = b"%s/%s/%s:%s:%s:%s %s%s%s" % match.group(
-                    "day", "mon", "year", "hh", "mm", "ss", "tzsign", "tzh", "tzm"
-                )
-                datetime.strptime(stamp.decode(), "%d/%b/%Y:%H:%M:%S %z")
-                rows += 1
-    return rows
-
-
-def run_polars(path: Path) -> int:
-    import polars as pl
-
-    from agent_reports.core.access_logs import LINE_PATTERN
-
-    lines = pl.scan_csv(
-        path, has_header=False, separator="\x01", quote_char=None, new_columns=["line"]
-    )
-    parsed = lines.select(pl.col("line").str.extract_groups(LINE_PATTERN.replace("?P<", "?<")))
-    parsed = parsed.unnest("line").filter(pl.col("client").is_not_null())
-    stamp = pl.concat_str(["day", "mon", "year", "hh", "mm", "ss", "tzsign", "tzh", "tzm"])
-    parsed = parsed.with_columns(time=stamp.str.strptime(pl.Datetime, "%d%b%Y%H%M%S%z"))
-    return parsed.select(pl.len()).collect(engine="streaming").item()
-
-
-def run_duckdb(path: Path) -> int:
-    import duckdb
-
-    from agent_reports.core.access_logs import LINE_PATTERN
-
-    pattern = LINE_PATTERN.replace("?P<", "?<")
-    connection = duckdb.connect(config={"threads": 1})
-    query = """
-        SELECT count(*) FROM (
-          SELECT regexp_extract(line, $pattern,
-                                ['client', 'day', 'mon', 'year', 'hh', 'mm', 'ss', 'status']) AS f
-          FROM read_csv($path, columns={{'line': 'VARCHAR'}}, delim=chr(1), quote='',
-                        escape='', header=false)
-        ) WHERE f.client <> ''
-    """
-    return connection.execute(query, {"pattern": pattern, "path": str(path)}).fetchone()[0]
+        head = b"".join(file.readline() for _ in range(DETECT_LINES))
+    found, _count = detect(split_lines(head))
+    assert found is not None and found.name.startswith(preset), (found, preset)
+    return DETECT_LINES
 
 
 CANDIDATES = {
     "baseline": run_baseline,
-    "agent_reports": run_agent_reports,
-    "python_re": run_python_re,
-    "polars": run_polars,
-    "duckdb": run_duckdb,
+    "detected": run_detected,
+    "known": run_known,
+    "detection": run_detection,
 }
 
 
-def child(name: str, path: Path) -> None:
-    began = time.perf_counter()
-    rows = CANDIDATES[name](path)
-    took = time.perf_counter() - began
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def child(name: str, preset: str, path: Path) -> None:
+    # One warm-up run on the file's head: imports and first-call set-up are not measured.
+    warm = path.with_suffix(".warm")
+    with open(path, "rb") as file:
+        warm.write_bytes(b"".join(file.readline() for _ in range(500)))
+    CANDIDATES[name](warm, preset)
+    began = time.process_time()
+    rows = CANDIDATES[name](path, preset)
+    took = time.process_time() - began
+    status = Path("/proc/self/status").read_text()  # VmHWM: this process's own peak
+    peak_mb = int(status.split("VmHWM:")[1].split()[0]) / 1024
     print(f"{rows} {took} {peak_mb}")
 
 
-def measure(name: str, path: Path, repeat: int) -> tuple[int, float, float] | None:
+def measure(name: str, preset: str, path: Path, repeat: int) -> tuple[int, float, float]:
     runs = []
     for _ in range(repeat):
         done = subprocess.run(
-            [sys.executable, __file__, "--child", name, str(path)],
+            [sys.executable, __file__, "--child", name, preset, str(path)],
             capture_output=True,
             text=True,
             env={**os.environ, **ONE_CORE},
+            check=True,
         )
-        if done.returncode != 0:
-            print(f"{name}: skipped ({done.stderr.strip().splitlines()[-1][:120]})")
-            return None
         rows, took, peak = done.stdout.split()
         runs.append((int(rows), float(took), float(peak)))
     return runs[0][0], statistics.median(r[1] for r in runs), max(r[2] for r in runs)
@@ -159,28 +168,35 @@ def measure(name: str, path: Path, repeat: int) -> tuple[int, float, float] | No
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=1_000_000)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES))
-    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=PRESETS)
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child[0], Path(args.child[1]))
+        child(args.child[0], args.child[1], Path(args.child[2]))
         return
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "access.log"
-        lines = write_log(path, args.lines)
-        size_mb = path.stat().st_size / 1e6
-        print(f"{lines:,} lines, {size_mb:.0f} MB; median of {args.repeat} runs, one core each")
-        baseline = None
-        for name in args.candidates:
-            result = measure(name, path, 1 if name == "python_re" else args.repeat)
-            if result is None:
-                continue
-            rows, took, peak = result
-            baseline = baseline or took
+        paths = write_logs(Path(folder), args.lines, args.presets)
+        print(
+            f"{args.lines:,} lines per preset; CPU seconds, median of {args.repeat} runs, "
+            "one core each"
+        )
+        for preset, path in paths.items():
+            size_mb = path.stat().st_size / 1e6
+            results = {name: measure(name, preset, path, args.repeat) for name in CANDIDATES}
+            base = results["baseline"][1]
+            detection = results.pop("detection")[1]
+            for name, (rows, took, peak) in results.items():
+                print(
+                    f"{preset:17s} {name:9s} {size_mb:5.0f} MB {rows:>10,} rows {took:6.2f} s "
+                    f"{args.lines / took:>11,.0f} lines/s {took / base:5.2f}× baseline  "
+                    f"peak RSS {peak:5.0f} MB"
+                )
+            known = results["known"][1]
             print(
-                f"{name:14s} {rows:>10,} rows {took:6.2f} s {lines / took:>12,.0f} lines/s "
-                f"{took / baseline:5.2f}× baseline time  peak RSS {peak:6.0f} MB"
+                f"{preset:17s} detection alone {detection * 1e3:.0f} ms = "
+                f"{detection / known:.1%} of the known-format parse; detected/known "
+                f"{results['detected'][1] / known - 1:+.1%} (noise included)"
             )
 
 

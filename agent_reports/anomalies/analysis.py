@@ -9,6 +9,11 @@ days exist), using the median and the median absolute deviation (MAD). Same-hour
 carry the daily seasonality;
 floors on the spread keep quiet hours, where counts are small and noisy, from alarming.
 The verdict (anomalies, scores, severity) is computed here, never by the LLM.
+
+Coverage: every hour counts the lines it read, parsed and skipped, per file, with the
+file's format; lines with no readable timestamp (a file in an unknown format) are charged
+to every hour (`untimed`). An hour whose lines are mostly unreadable gets the verdict
+`unknown`, never `none`: the detector cannot vouch for what it did not read.
 """
 
 from __future__ import annotations
@@ -17,13 +22,14 @@ import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from agent_reports.core.access_logs import LogChunk
+from agent_reports.core.access_logs import FormatChange, LogChunk
 
 BASELINE_DAYS = 7
 TRAILING_HOURS = 3
@@ -38,6 +44,8 @@ MAX_TEXT = 120
 SAMPLES_PER_HOUR = 5
 LATENCY_BINS = np.geomspace(1e-4, 1e3, 701)  # seconds; about 2.3% wide
 SEVERITIES = ("none", "low", "medium", "high")
+UNKNOWN = "unknown"  # the verdict of an hour whose logs were mostly unreadable
+MAX_UNREADABLE_SHARE = 0.5
 SCORE_THRESHOLD = 4.0
 
 
@@ -83,6 +91,9 @@ class _Hour:
         self.paths: dict[str, list[float]] = defaultdict(lambda: [0, 0, 0, 0.0, 0])
         self.malformed = 0
         self.samples: list[dict[str, Any]] = []
+        self.parsed_by_file: Counter[str] = Counter()
+        self.skipped_by_file: Counter[str] = Counter()
+        self.first_skipped: dict[str, int] = {}  # file → time of its first skipped line
 
 
 def _grouped(table: pa.Table, keys: list[str], aggregations: list) -> list[dict[str, Any]]:
@@ -94,22 +105,34 @@ class HourlyTraffic:
 
     def __init__(self) -> None:
         self.hours: dict[int, _Hour] = defaultdict(_Hour)
-        self.malformed_without_time = 0
+        self.untimed: Counter[str] = Counter()  # file → malformed lines with no time at all
+        self.formats: dict[str, str] = {}  # file → the format it was last read in
+        self.format_changes: list[FormatChange] = []
         self._features: dict[int, dict[str, Any]] = {}
 
+    @property
+    def malformed_without_time(self) -> int:
+        return sum(self.untimed.values())
+
     def add(self, chunk: LogChunk) -> None:
-        self._add_records(chunk.records)
+        self._add_records(chunk.records, chunk.file)
         self._add_malformed(chunk.malformed)
+        if chunk.file:
+            name = chunk.log_format.name if chunk.log_format else "unknown"
+            self.formats[chunk.file] = name
+        self.format_changes += chunk.format_changes
 
     def add_all(self, chunks: Iterable[LogChunk]) -> HourlyTraffic:
         for chunk in chunks:
             self.add(chunk)
         return self
 
-    def _add_records(self, records: pa.Table) -> None:
+    def _add_records(self, records: pa.Table, file: str) -> None:
         if records.num_rows == 0:
             return
         hour = pc.divide(records.column("time"), 3600)
+        for item in pc.value_counts(hour).to_pylist():
+            self.hours[item["values"]].parsed_by_file[file] += item["counts"]
         path = pc.replace_substring_regex(pc.fill_null(records.column("path"), "-"), r"\?.*", "")
         status = records.column("status")
         rt = records.column("request_time")
@@ -156,10 +179,12 @@ class HourlyTraffic:
     def _add_malformed(self, malformed: pa.Table) -> None:
         for row in malformed.to_pylist():
             if row["time"] is None:
-                self.malformed_without_time += 1
+                self.untimed[row["file"]] += 1
                 continue
             entry = self.hours[row["time"] // 3600]
             entry.malformed += 1
+            entry.skipped_by_file[row["file"]] += 1
+            entry.first_skipped.setdefault(row["file"], row["time"])
             if len(entry.samples) < SAMPLES_PER_HOUR:
                 entry.samples.append(
                     {"file": _clip(row["file"]), "line": row["line"], "text": row["text"]}
@@ -169,8 +194,55 @@ class HourlyTraffic:
         """The metrics of one hour (an hour with no lines has zero requests); call after `add`."""
         if hour not in self._features:
             entry = self.hours.get(hour) or _Hour()
-            self._features[hour] = hour_features(entry, self._new_agent_share(hour, entry))
+            features = hour_features(entry, self._new_agent_share(hour, entry))
+            self._features[hour] = features | {"coverage": self.coverage(hour)}
         return self._features[hour]
+
+    def coverage(self, hour: int) -> dict[str, Any]:
+        """Lines of the hour read, parsed and skipped, in total and per file, with the
+        untimed lines of every file and the format changes that start in the hour."""
+        entry = self.hours.get(hour) or _Hour()
+        names = sorted(set(entry.parsed_by_file) | set(entry.skipped_by_file) | set(self.untimed))
+        files = [self._file_coverage(hour, entry, name) for name in names]
+        parsed = sum(entry.parsed_by_file.values())
+        skipped, untimed = entry.malformed, self.malformed_without_time
+        read = parsed + skipped + untimed
+        changes = [c for c in self.format_changes if c.time is not None and c.time // 3600 == hour]
+        return {
+            "lines_read": read,
+            "lines_parsed": parsed,
+            "lines_skipped": skipped,
+            "lines_untimed": untimed,
+            "unreadable_share": round((skipped + untimed) / read, 6) if read else None,
+            "files": files,
+            "format_changes": [_change(c) for c in changes],
+        }
+
+    def _file_coverage(self, hour: int, entry: _Hour, name: str) -> dict[str, Any]:
+        parsed, skipped = entry.parsed_by_file[name], entry.skipped_by_file[name]
+        untimed = self.untimed[name]
+        read = parsed + skipped + untimed
+        unreadable = read and (skipped + untimed) / read > MAX_UNREADABLE_SHARE
+        return {
+            "file": _clip(name),
+            "format": self.formats.get(name, "unknown"),
+            "lines_read": read,
+            "lines_parsed": parsed,
+            "lines_skipped": skipped,
+            "lines_untimed": untimed,
+            "unreadable_since": self._unreadable_since(hour, name) if unreadable else None,
+        }
+
+    def _unreadable_since(self, hour: int, name: str) -> str | None:
+        """When the file's lines became mostly unreadable: its first skipped line of the
+        earliest hour of the run of unreadable hours that ends with `hour`."""
+        since = None
+        for earlier in range(hour, hour - LOOKBACK_HOURS, -1):
+            entry = self.hours.get(earlier)
+            if entry is None or entry.skipped_by_file[name] <= entry.parsed_by_file[name]:
+                break
+            since = entry.first_skipped.get(name)
+        return None if since is None else _iso(since)
 
     def _new_agent_share(self, hour: int, entry: _Hour) -> float | None:
         requests = sum(entry.status.values())
@@ -184,6 +256,26 @@ class HourlyTraffic:
             return None
         new = sum(n for agent, n in entry.agents.items() if agent not in seen)
         return round(new / requests, 6)
+
+
+def _iso(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _change(change: FormatChange) -> dict[str, Any]:
+    return {
+        "file": _clip(change.file),
+        "line": change.line,
+        "time": None if change.time is None else _iso(change.time),
+        "previous": change.previous,
+        "new": change.new,
+    }
+
+
+def unreadable(features: dict[str, Any]) -> bool:
+    """The hour's lines were mostly unreadable: no verdict can be given on them."""
+    share = features["coverage"]["unreadable_share"]
+    return share is not None and share > MAX_UNREADABLE_SHARE
 
 
 def _quantile_ms(histogram: np.ndarray, q: float) -> float | None:
@@ -258,7 +350,7 @@ def baseline_values(traffic: HourlyTraffic, hour: int) -> dict[str, list[float]]
             break
         for earlier in group:
             features = traffic.features(earlier)
-            if not features["requests"]:
+            if not features["requests"] or unreadable(features):
                 continue
             for feature in FEATURES:
                 if features[feature.name] is not None:
@@ -333,6 +425,8 @@ def detect(hour: dict[str, Any], baseline: dict[str, list[float]]) -> dict[str, 
                 anomalies.append(anomaly)
     anomalies.sort(key=lambda a: (-abs(a["score"]), a["metric"]))
     severity = max((a["severity"] for a in anomalies), key=SEVERITIES.index, default="none")
+    if unreadable(hour):
+        severity = UNKNOWN
     return {
         "severity": severity,
         "anomalies": anomalies,

@@ -21,6 +21,7 @@ from agent_reports.anomalies import prompts
 from agent_reports.anomalies.analysis import (
     LOOKBACK_HOURS,
     SEVERITIES,
+    UNKNOWN,
     HourlyTraffic,
     detect,
     partition_traffic,
@@ -79,19 +80,23 @@ def anomalies_traffic(
             metadata={"file": error.path, "line": error.line or 0},
             allow_retries=False,
         ) from None
-    if traffic.malformed_without_time:
+    for name, count in sorted(traffic.untimed.items()):
         context.log.warning(
-            f"{traffic.malformed_without_time} malformed line(s) in files with no readable "
-            "timestamp could not be placed in an hour"
+            f"{name}: {count} line(s) with no readable timestamp, charged to every hour"
         )
     values = {}
     for key, hour in hours.items():
         values[key] = partition_traffic(traffic, hour)
         features = values[key]["features"]
+        coverage = features["coverage"]
         context.add_asset_metadata(
             {
                 "requests": features["requests"],
                 "malformed_lines": features["malformed_lines"],
+                "lines_read": coverage["lines_read"],
+                "lines_parsed": coverage["lines_parsed"],
+                "lines_skipped": coverage["lines_skipped"] + coverage["lines_untimed"],
+                "files": MetadataValue.json(coverage["files"]),
                 "baseline_hours": len(values[key]["baseline"]["requests"]),
             },
             partition_key=key,
@@ -181,6 +186,12 @@ def _tables(verdict: dict) -> list[Table]:
         tables.append(
             Table(title, ["name", "requests"], [[i["name"], i["requests"]] for i in features[key]])
         )
+    keys = ("file", "format", "lines_read", "lines_parsed", "lines_skipped", "lines_untimed")
+    files = [
+        [*(f[k] for k in keys), f["unreadable_since"] or "–"] for f in features["coverage"]["files"]
+    ]
+    columns = ["file", "format", "read", "parsed", "skipped", "no timestamp", "unreadable since"]
+    tables.append(Table("Log files read", columns, files))
     samples = [[s["file"], s["line"], s["text"]] for s in features["malformed_samples"]]
     if samples:
         tables.append(Table("Malformed line samples", ["file", "line", "text"], samples))
@@ -199,8 +210,7 @@ def build_anomalies_report(key: str, verdict: dict, answer: AnalystAnswer) -> Re
             f"Baseline too short ({verdict['baseline_hours']} hours with traffic): "
             "no anomaly can be judged for this hour."
         )
-    if features["malformed_lines"]:
-        notes.append(f"{features['malformed_lines']} malformed log line(s) skipped; samples below.")
+    notes += coverage_notes(features["coverage"])
     notes += report_notes(answer)
     narrative = answer.narrative
     notes += [
@@ -226,12 +236,80 @@ def build_anomalies_report(key: str, verdict: dict, answer: AnalystAnswer) -> Re
     )
 
 
+def coverage_notes(coverage: dict) -> list[str]:
+    """What the hour read, for the first screen: totals, unreadable files, format changes."""
+    notes = [
+        f"Read {coverage['lines_read']} log line(s) of this hour: {coverage['lines_parsed']} "
+        f"parsed, {coverage['lines_skipped']} skipped as malformed"
+        + (
+            f", {coverage['lines_untimed']} without a readable timestamp (charged to every hour)"
+            if coverage["lines_untimed"]
+            else ""
+        )
+        + "; per file below."
+    ]
+    if not coverage["lines_read"]:
+        notes.append("No log line of this hour was found in any file.")
+    for file in coverage["files"]:
+        if file["unreadable_since"] or (file["lines_untimed"] and not file["lines_parsed"]):
+            notes.append(unreadable_text(file))
+    for change in coverage["format_changes"]:
+        notes.append(
+            f"Log format of {change['file']} changed at line {change['line']} "
+            f"({change['time']}): {change['previous']} → {change['new']}; parsing continued."
+        )
+    return notes
+
+
+def unreadable_text(file: dict) -> str:
+    since = f" since {file['unreadable_since']}" if file["unreadable_since"] else ""
+    return (
+        f"Logs of {file['file']} unreadable{since}: {file['lines_skipped'] + file['lines_untimed']}"
+        f" of {file['lines_read']} line(s) fit no known format (format changed?)."
+    )
+
+
 def alert_threshold() -> str:
     """The lowest severity that alerts (env AGENT_REPORTS_ALERT_MIN_SEVERITY, default high)."""
     threshold = settings.env("AGENT_REPORTS_ALERT_MIN_SEVERITY", "high")
     if threshold not in SEVERITIES[1:]:
         raise ValueError(f"AGENT_REPORTS_ALERT_MIN_SEVERITY must be one of {SEVERITIES[1:]}")
     return threshold
+
+
+def unknown_message(key: str, verdict: dict, report_path: str) -> Message:
+    """The alert for an hour whose logs were mostly unreadable."""
+    files = [f for f in verdict["features"]["coverage"]["files"] if f["unreadable_since"]]
+    files = files or verdict["features"]["coverage"]["files"]
+    rows = [f"- {unreadable_text(f)}" for f in files]
+    names = ", ".join(f["file"] for f in files) or "every file"
+    since = min((f["unreadable_since"] for f in files if f["unreadable_since"]), default=None)
+    subject = f"[agent_reports] UNKNOWN {key} UTC: logs of {names} unreadable" + (
+        f" since {since}: format changed?" if since else ": format changed?"
+    )
+    text = "\n".join([subject, "", *rows, "", f"Report: {report_path}", ""])
+    payload = {
+        "analysis": ANALYSIS,
+        "partition": key,
+        "severity": UNKNOWN,
+        "files": files,
+        "report": report_path,
+    }
+    return Message(subject=subject, text=text, payload=payload)
+
+
+def format_change_message(key: str, change: dict, report_path: str) -> Message:
+    """The alert for a log format that changed inside a file (parsing carried on)."""
+    subject = (
+        f"[agent_reports] Log format of {change['file']} changed at line {change['line']} "
+        f"({change['time']}): {change['previous']} → {change['new']}"
+    )
+    text = "\n".join(
+        [subject, "", "Parsing continued with the new format.", f"Report: {report_path}", ""]
+    )
+    payload = {"analysis": ANALYSIS, "partition": key, "format_change": change}
+    payload["report"] = report_path
+    return Message(subject=subject, text=text, payload=payload)
 
 
 def alert_message(key: str, verdict: dict, report_path: str) -> Message:
@@ -257,6 +335,23 @@ def alert_message(key: str, verdict: dict, report_path: str) -> Message:
     return Message(subject=subject, text=text, payload=payload)
 
 
+def alerts_for(
+    key: str, verdict: dict, threshold: str, report_path: str
+) -> list[tuple[str, Message]]:
+    """The hour's alerts, each with its ledger fingerprint: the verdict when `unknown` or
+    at or above the threshold, and one per log-format change that starts in the hour."""
+    alerts = []
+    severity = verdict["severity"]
+    if severity == UNKNOWN:
+        alerts.append((f"severity:{UNKNOWN}", unknown_message(key, verdict, report_path)))
+    elif SEVERITIES.index(severity) >= SEVERITIES.index(threshold):
+        alerts.append((f"severity:{severity}", alert_message(key, verdict, report_path)))
+    for change in verdict["features"]["coverage"]["format_changes"]:
+        fingerprint = f"format-change:{change['file']}:{change['line']}"
+        alerts.append((fingerprint, format_change_message(key, change, report_path)))
+    return alerts
+
+
 @asset(**COMMON, deps=[anomalies_report])
 def anomalies_alert(
     context: AssetExecutionContext,
@@ -264,8 +359,9 @@ def anomalies_alert(
     delivery: DeliveryResource,
     reports: ReportStoreResource,
 ) -> MaterializeResult:
-    """One alert per (partition, severity) at or above the threshold, through the ledger:
-    re-runs and retries of the partition do not send it again."""
+    """One alert per (partition, severity) at or above the threshold, per `unknown` hour
+    and per log-format change, through the ledger: re-runs and retries of the partition
+    do not send it again."""
     threshold = alert_threshold()
     recipients = [
         address.strip()
@@ -277,25 +373,23 @@ def anomalies_alert(
     for key in context.partition_keys:
         verdict = anomalies_detection[key]
         severity = verdict["severity"]
-        if SEVERITIES.index(severity) < SEVERITIES.index(threshold):
+        report_path = os.fspath(reports.path() / ANALYSIS / f"{key}.html")
+        alerts = alerts_for(key, verdict, threshold, report_path)
+        if not alerts:
             context.add_asset_metadata({"alerted": False, "severity": severity}, partition_key=key)
             continue
         notifier = notifier or delivery.notifier()
         if not recipients and notifier.webhook is None:
             context.log.warning(f"{key}: severity {severity} but no alert channel is configured")
-        report_path = os.fspath(reports.path() / ANALYSIS / f"{key}.html")
-        outcomes = notifier.notify(
-            ANALYSIS,
-            key,
-            f"severity:{severity}",
-            alert_message(key, verdict, report_path),
-            recipients,
-        )
+        outcomes = []
+        for fingerprint, message in alerts:
+            outcomes += notifier.notify(ANALYSIS, key, fingerprint, message, recipients)
         failures += [f"{key} → {o.key.recipient}: {o.reason}" for o in outcomes if not o.ok]
         context.add_asset_metadata(
             {
                 "alerted": True,
                 "severity": severity,
+                "alerts": MetadataValue.json([fingerprint for fingerprint, _ in alerts]),
                 "deliveries": MetadataValue.json(
                     [
                         {"recipient": o.key.recipient, "status": o.status, "reason": o.reason}

@@ -1,10 +1,11 @@
-"""Anomaly asset checks: the logs were mostly readable (a warning, so a bad log format shows),
-and every report exists and states the verdict the detector computed."""
+"""Anomaly asset checks: the logs were readable (an error for an hour mostly unreadable, a
+warning for a few bad lines), and every report exists and states the detector's verdict."""
 
 import json
 
 from dagster import AssetCheckResult, AssetCheckSeverity, asset_check
 
+from agent_reports.anomalies.analysis import unreadable
 from agent_reports.anomalies.assets import anomalies_report, anomalies_traffic
 from agent_reports.anomalies.partitions import ANALYSIS, anomalies_partitions
 from agent_reports.core.publishing import report_quality_check
@@ -16,17 +17,24 @@ MAX_LISTED = 20
 
 @asset_check(asset=anomalies_traffic, partitions_def=anomalies_partitions)
 def logs_mostly_parsed(context, anomalies_traffic: dict[str, dict]) -> AssetCheckResult:
-    """At most 5% of each hour's lines are malformed (more suggests an unsupported format)."""
-    problems = []
+    """Each hour's lines were read: an ERROR when most of an hour's lines are unreadable
+    (its verdict is `unknown`), a WARN when more than 5% are, or when it has no line."""
+    errors, warnings = [], []
     for key, window in anomalies_traffic.items():
-        features = window["features"]
-        total = features["requests"] + features["malformed_lines"]
-        if total and features["malformed_lines"] / total > MAX_MALFORMED_SHARE:
-            problems.append(f"{key}: {features['malformed_lines']} of {total} lines malformed")
+        coverage = window["features"]["coverage"]
+        read = coverage["lines_read"]
+        unread = coverage["lines_skipped"] + coverage["lines_untimed"]
+        text = f"{key}: {unread} of {read} lines unreadable"
+        if unreadable(window["features"]):
+            errors.append(text + " (verdict unknown)")
+        elif not read:
+            warnings.append(f"{key}: no log line in this hour")
+        elif unread / read > MAX_MALFORMED_SHARE:
+            warnings.append(text)
     return AssetCheckResult(
-        passed=not problems,
-        severity=AssetCheckSeverity.WARN,
-        metadata={"problems": json.dumps(problems[:MAX_LISTED])},
+        passed=not errors and not warnings,
+        severity=AssetCheckSeverity.ERROR if errors else AssetCheckSeverity.WARN,
+        metadata={"problems": json.dumps((errors + warnings)[:MAX_LISTED])},
     )
 
 

@@ -10,14 +10,17 @@ from typing import Any
 
 from agent_reports.core.analyst import Finding, InvalidReply, Narrative, check_narrative
 
-PROMPT_VERSION = "anomalies-v1"
+PROMPT_VERSION = "anomalies-v2"
 
 INSTRUCTIONS = """\
 You are an on-call site reliability engineer triaging one hour of web-server traffic.
 The data gives the hour's features (requests, 4xx/5xx rates, latency percentiles, bytes,
 distinct clients, top client share, share of new user agents), the anomalies found by
 a statistical detector against a seasonal baseline (metric, observed value, expected
-range, score, severity) and their evidence (top clients, paths, user agents).
+range, score, severity) and their evidence (top clients, paths, user agents), and the
+coverage: how many log lines of the hour were read, parsed and skipped, per file. When the
+severity is "unknown", the logs were mostly unreadable: say so, name the files, and do not
+describe the traffic as normal.
 Write a summary of at most three sentences, up to five findings (each names the metrics,
 paths or clients it is about in `subjects`), `probable_cause`: what most likely happened,
 and `look_first`: the first thing the on-call engineer should check. Do not change or
@@ -53,6 +56,7 @@ def known_subjects(data: dict[str, Any]) -> set[str]:
             subjects |= {
                 item["name"] for item in value if isinstance(item, dict) and "name" in item
             }
+    subjects |= {f["file"] for f in data["features"]["coverage"]["files"]}
     for anomaly in data["anomalies"]:
         for items in anomaly["evidence"].values():
             subjects |= {item["name"] for item in items}
@@ -93,6 +97,17 @@ def _describe(anomaly: dict[str, Any]) -> Finding:
 def offline_narrative(data: dict[str, Any]) -> TriageNote:
     """A deterministic note from the same statistics, for when no LLM is configured."""
     features, anomalies = data["features"], data["anomalies"]
+    if data["severity"] == "unknown":
+        coverage = features["coverage"]
+        unread = coverage["lines_skipped"] + coverage["lines_untimed"]
+        names = ", ".join(f["file"] for f in coverage["files"]) or "no file"
+        return TriageNote(
+            summary=f"Unknown: {unread} of {coverage['lines_read']} log lines of {data['hour']} "
+            f"could not be read ({names}); no verdict on this hour's traffic.",
+            findings=[],
+            probable_cause="The log format changed or is not a supported one.",
+            look_first="The log format of the files listed (docs/log-formats.md).",
+        )
     if not anomalies:
         return TriageNote(
             summary=f"No anomalies in {data['hour']}: {features['requests']} requests, "

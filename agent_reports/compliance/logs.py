@@ -3,11 +3,10 @@
 An audit finding must cite its evidence, and the shared reader (core/access_logs.py)
 yields records without their line numbers. The files source's records come from the log
 store (core/log_store.py), which keeps the `file` and `line` of every good line, so the
-audit reads only its month; the demo source is numbered here with the same block parser
-(`parse_block`). Memory stays bounded by an hour or a block. `ReadStats` counts the
-month's lines parsed and skipped, in total and per file, so the audit says what it did
-not read (a malformed line is charged to the month of the good line before it, or to
-every month when its file has no good line).
+audit reads only its month; the demo source is numbered here with the same per-file
+parser (`LogParser`). Memory stays bounded by an hour or a block. `ReadStats` counts the
+month's lines parsed and skipped (malformed, or with no readable timestamp), in total and
+per file, so the audit says what it did not read.
 """
 
 from __future__ import annotations
@@ -21,23 +20,25 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from agent_reports.core.access_logs import parse_block
+from agent_reports.core.access_logs import LogParser
+from agent_reports.core.log_formats import LogFormat
 from agent_reports.core.log_store import folder_store
 from agent_reports.core.sources import DemoSource, FileSource, InputError, Source
 
 
 @dataclass
 class FileStats:
-    """One file's share of the month: lines parsed and skipped."""
+    """One file's share of the month: its format, lines parsed and skipped."""
 
+    format: str = "unknown"
     parsed: int = 0
     skipped: int = 0
 
 
 @dataclass
 class ReadStats:
-    """What the reader saw of the month: files, lines parsed and skipped, per file, and
-    the files that broke off."""
+    """What the reader saw of the month: files, lines parsed and skipped (malformed or with
+    no readable timestamp), per file, and the files that broke off."""
 
     files: int = 0
     parsed: int = 0
@@ -49,8 +50,9 @@ class ReadStats:
     def lines(self) -> int:
         return self.parsed + self.skipped
 
-    def count(self, name: str, parsed: int, skipped: int) -> None:
+    def count(self, name: str, parsed: int, skipped: int, fmt: LogFormat | None) -> None:
         entry = self.per_file.setdefault(name, FileStats())
+        entry.format = fmt.name if fmt else entry.format
         entry.parsed += parsed
         entry.skipped += skipped
         self.parsed += parsed
@@ -58,24 +60,32 @@ class ReadStats:
 
     def broke_off(self, name: str, line: int, error: Exception) -> None:
         self.unreadable = [*(self.unreadable or []), f"{name} after line {line} ({error})"]
-        self.count(name, 0, 1)
+        self.count(name, 0, 1, None)
 
 
 def numbered_blocks(
-    blocks: Iterable[bytes], name: str, start: datetime, end: datetime, stats: ReadStats
+    blocks: Iterable[bytes],
+    name: str,
+    start: datetime,
+    end: datetime,
+    stats: ReadStats,
+    log_format: LogFormat | None = None,
 ) -> Iterator[pa.Table]:
     """Records of one stream of line blocks timed in [start, end), with `file` and `line`."""
     lo, hi = int(start.timestamp()), int(end.timestamp())
-    next_line = 1
+    parser = LogParser(name, log_format)
     for block in blocks:
-        records, good, _lines = parse_block(block)
-        numbers = np.flatnonzero(good) + next_line
-        next_line += len(good)
-        times = records.column("time")
+        parsed = parser.parse(block)
+        times = parsed.records.column("time")
         keep = pc.and_(pc.greater_equal(times, lo), pc.less(times, hi))
-        kept = records.filter(keep)
-        stats.count(name, kept.num_rows, int((~good).sum()))
-        lines = numbers[keep.to_numpy(zero_copy_only=False)]
+        kept = parsed.records.filter(keep)
+        lines = parsed.record_lines[keep.to_numpy(zero_copy_only=False)]
+        bad_times = parsed.malformed.column("time")
+        bad = pc.or_kleene(
+            pc.and_kleene(pc.greater_equal(bad_times, lo), pc.less(bad_times, hi)),
+            pc.is_null(bad_times),
+        )
+        stats.count(name, kept.num_rows, pc.sum(bad).as_py() or 0, parser.log_format)
         yield _with_origin(kept, name, lines)
 
 
@@ -94,13 +104,13 @@ def _stored_records(
     stats.files += store.ingest(folder).files_seen
     for chunk in store.read(start, end, numbered=True):
         for name, count in _per_file(chunk.records.column("file")):
-            stats.count(name, count, 0)
+            stats.count(name, count, 0, None)
         malformed = chunk.malformed
         broken = pc.starts_with(malformed.column("text"), "<file unreadable")
         for row in malformed.filter(broken).to_pylist():
             stats.broke_off(row["file"], row["line"] - 1, row["text"])
         for name, count in _per_file(malformed.filter(pc.invert(broken)).column("file")):
-            stats.count(name, 0, count)
+            stats.count(name, 0, count, None)
         yield chunk.records
 
 
@@ -129,5 +139,5 @@ def month_records(
         stats.files += 1
         for chunk in source.access_logs(start, end):
             records = chunk.records
-            stats.count(source.name, records.num_rows, chunk.malformed.num_rows)
+            stats.count(chunk.file or source.name, records.num_rows, chunk.malformed.num_rows, None)
             yield _with_origin(records, source.name, np.zeros(records.num_rows, np.int64))

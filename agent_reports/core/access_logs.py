@@ -1,22 +1,37 @@
-"""Web-server access logs (Apache/Nginx Combined or Common Log Format) parsed in streamed chunks.
+"""Web-server access logs parsed in streamed chunks, in the format each file is written in.
 
-Accepted line shapes (one per line, any mix within a file):
+Each file's format is the one configured for it (`FormatConfig`: `<logs>/.agent_reports.toml`,
+else AGENT_REPORTS_LOG_FORMAT) or, when none is, the preset detected from its first lines
+(core/log_formats.py: Common, Combined, Combined + extra fields, vhost_combined,
+combinedio, nginx main / timed, Traefik, request times in s, ms or µs). Lines that do not
+fit the file's format are tried against the presets: when one fits them, it is a format
+change (a config change that added a field): it is recorded (`FormatChange`, with the
+line and the time it starts) and parsing carries on with both formats, newest first.
 
-    host ident user [10/Oct/2000:13:55:36 -0700] "GET /a HTTP/1.1" 200 2326
-    ... 200 2326 "referer" "user agent"
-    ... 200 2326 "referer" "user agent" 0.123      (Nginx $request_time, seconds)
-    ... 200 2326 "referer" "user agent" 123456     (Apache %D, microseconds)
+Each line's time is converted to UTC from its own offset, so a line belongs to the hour
+of its timestamp whatever file it sits in. A line that fits no format (binary junk,
+truncated, over-long, an impossible date or status, an unknown format) is malformed:
+counted, with a short sample, and timed by the `[dd/Mon/yyyy:hh:mm:ss ±hhmm]` stamp it
+holds, else by the last good line before it in the same file, so it is charged to the
+hour it was written in. A file with no readable time at all yields its malformed lines
+with a null time: readers charge them to every window they report (a per-file problem).
 
-A trailing request time with a decimal point is read as seconds, an integer as
-microseconds. Each line's time is converted to UTC from its own offset, so a line belongs
-to the hour of its timestamp whatever file it sits in. A line that does not fit (binary
-junk, truncated, over-long, an impossible date or status) is malformed: counted, with a
-short sample, and given the time of the last good line before it in the same file, so it
-is reported in the hour it was written in.
+Every `LogChunk` says what its block held: lines read so far, parsed and skipped lines
+of the block, the format in use and any format change.
 
-The work is vectorised with pyarrow (RE2 regex extraction, numpy date arithmetic) over
-blocks of `CHUNK_BYTES`, so memory is bounded by the block size, not the file size
-(measured in benchmarks/log_parse.py).
+Appending to a file already read (an ingest store reading from an offset): pass the
+format found before and the number of the first new line,
+
+    chunks = parse_blocks(blocks, name, start, end, log_format=fmt, first_line=n + 1)
+
+`fmt` is the previous chunk's `log_format` (store it as `fmt.spec`, rebuild it with
+`LogFormat.from_spec`), so the appended lines are not detected again and keep the file's
+line numbers.
+
+The work is vectorised over blocks of `CHUNK_BYTES`, so memory is bounded by the block
+size, not the file size: pyarrow's CSV tokenizer reads the lines the format's RE2 pattern
+matches (see "the tokenizer path" below), RE2 extraction the rest, numpy does the date
+arithmetic (measured in benchmarks/log_parse.py).
 """
 
 from __future__ import annotations
@@ -24,8 +39,8 @@ from __future__ import annotations
 import gzip
 import re
 import zlib
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -33,21 +48,16 @@ from typing import BinaryIO
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+
+from agent_reports.core.log_formats import DETECT_LINES, TIME, LogFormat, detect
 
 CHUNK_BYTES = 16 * 1024 * 1024
 READ_BYTES = 1024 * 1024
 MAX_LINE_BYTES = 8192
 SAMPLE_CHARS = 200
+MIN_CHANGE_LINES = 100  # lines a new format needs in a block (or half of the block)
 
-_QUOTED = r'"((?:[^"\\]|\\.)*)"'
-LINE_PATTERN = (
-    r"^(?P<client>\S+) \S+ (?P<user>\S+) "
-    r"\[(?P<day>\d{2})/(?P<mon>[A-Za-z]{3})/(?P<year>\d{4}):"
-    r"(?P<hh>\d{2}):(?P<mm>\d{2}):(?P<ss>\d{2}) (?P<tzsign>[+-])(?P<tzh>\d{2})(?P<tzm>\d{2})\] "
-    r'"(?P<request>(?:[^"\\]|\\.)*)" (?P<status>\d{3}) (?P<bytes>\d+|-)'
-    r'(?: "(?P<referer>(?:[^"\\]|\\.)*)" "(?P<agent>(?:[^"\\]|\\.)*)")?'
-    r"(?: (?P<rt>\d+(?:\.\d+)?|-))?[ \t]*\r?\n?$"
-)
 REQUEST_PATTERN = r"^(?P<method>[A-Za-z]+) (?P<path>\S+)(?: (?P<protocol>\S+))?$"
 MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 
@@ -64,11 +74,12 @@ RECORD_SCHEMA = pa.schema(
         ("referer", pa.string()),
         ("user_agent", pa.string()),
         ("request_time", pa.float64()),  # seconds; null when the format has none
+        ("vhost", pa.string()),  # %v / $host when the format has it
     ]
 )
 MALFORMED_SCHEMA = pa.schema(
     [
-        ("time", pa.int64()),  # estimated: the last good line before it; null if none
+        ("time", pa.int64()),  # its own stamp, else the last good line before it; null if none
         ("file", pa.string()),
         ("line", pa.int64()),
         ("text", pa.string()),
@@ -77,12 +88,29 @@ MALFORMED_SCHEMA = pa.schema(
 
 
 @dataclass(frozen=True)
+class FormatChange:
+    """Lines of a file that stopped fitting its format and fit another from `line` on."""
+
+    file: str
+    line: int
+    time: int | None  # epoch seconds (UTC) of that line
+    previous: str
+    new: str
+
+
+@dataclass(frozen=True)
 class LogChunk:
-    """Parsed lines of one block whose time is in the window, and the block's malformed lines."""
+    """Parsed lines of one block whose time is in the window, the block's malformed lines
+    in the window, and what the whole block held (any time)."""
 
     records: pa.Table
     malformed: pa.Table
     lines_read: int = 0  # lines of the file read so far, this block included
+    file: str = ""
+    parsed: int = 0  # lines of this block parsed
+    skipped: int = 0  # malformed lines of this block (blank lines are neither)
+    log_format: LogFormat | None = None  # the format in use at the end of the block
+    format_changes: tuple[FormatChange, ...] = ()
 
 
 def log_files(folder: Path) -> list[Path]:
@@ -180,6 +208,11 @@ def _utc_seconds(fields: pa.StructArray) -> tuple[np.ndarray, np.ndarray]:
     month = pc.fill_null(month_index, -1).to_numpy(zero_copy_only=False).astype(np.int64) + 1
     sign = np.where(pc.equal(fields.field("tzsign"), b"-").to_numpy(zero_copy_only=False), -1, 1)
     tz_hours, tz_minutes = _int(fields.field("tzh")), _int(fields.field("tzm"))
+    return _seconds(year, month, day, hh, mm, ss, sign, tz_hours, tz_minutes)
+
+
+def _seconds(year, month, day, hh, mm, ss, sign, tzh, tzm) -> tuple[np.ndarray, np.ndarray]:
+    """Epoch seconds (UTC) of local times with their offset, and whether they are possible."""
     possible = (
         (month >= 1)
         & (year >= 1970)
@@ -188,60 +221,269 @@ def _utc_seconds(fields: pa.StructArray) -> tuple[np.ndarray, np.ndarray]:
         & (hh <= 23)
         & (mm <= 59)
         & (ss <= 60)  # a leap second is read as the next second
-        & (tz_hours <= 14)
-        & (tz_minutes <= 59)
+        & (tzh <= 14)
+        & (tzm <= 59)
     )
     local = _days_from_civil(year, month, day) * 86400 + hh * 3600 + mm * 60 + ss
-    return local - sign * (tz_hours * 3600 + tz_minutes * 60), possible
+    return local - sign * (tzh * 3600 + tzm * 60), possible
 
 
-def _text(field: pa.Array) -> pa.Array:
-    """A binary field as text; empty or '-' becomes null."""
-    text = field.cast(pa.string())
-    return pc.if_else(pc.is_in(text, pa.array(["", "-"])), None, text)
+def _text(field: pa.Array | None, length: int) -> pa.Array:
+    """A binary field as text; empty or '-' becomes null (all null when the format has none)."""
+    if field is None:
+        return pa.nulls(length, pa.string())
+    return _null_where(field.cast(pa.string()), pc.is_in(field, pa.array([b"", b"-"])))
 
 
-def _request_time(field: pa.Array) -> pa.Array:
-    """Seconds: a value with a decimal point is seconds, an integer is microseconds."""
-    text = _text(field)
+def _null_where(array: pa.Array, mask: pa.Array) -> pa.Array:
+    """`array` with nulls where `mask` is true: a new validity bitmap over the same data."""
+    hide = mask.to_numpy(zero_copy_only=False)
+    if not hide.any():
+        return array
+    if array.offset or array.null_count:
+        return pc.if_else(mask, None, array)
+    validity = pa.py_buffer(np.packbits(~hide, bitorder="little"))
+    return pa.Array.from_buffers(array.type, len(array), [validity, *array.buffers()[1:]])
+
+
+def _request_time(field: pa.Array | None, unit: float | None, length: int) -> pa.Array:
+    """Seconds: a value with a decimal point is seconds, an integer is in the format's unit."""
+    if field is None:
+        return pa.nulls(length, pa.float64())
+    text = _text(field, length)
     value = text.cast(pa.float64())
-    return pc.if_else(pc.match_substring(text, "."), value, pc.divide(value, 1e6))
+    return pc.if_else(pc.match_substring(text, "."), value, pc.multiply(value, unit or 1.0))
 
 
-def parse_block(block: bytes) -> tuple[pa.Table, np.ndarray, pa.BinaryArray]:
-    """Parse one block: the good lines' records, the good-line mask, and all the lines."""
-    lines = split_lines(block)
-    fields = pc.extract_regex(lines, LINE_PATTERN)
-    seconds, possible = _utc_seconds(fields)
-    status = _int(fields.field("status"))
-    good = (
-        fields.is_valid().to_numpy(zero_copy_only=False)
-        & possible
-        & (status >= 100)
-        & (status <= 599)
-        & (pc.binary_length(lines).to_numpy(zero_copy_only=False) <= MAX_LINE_BYTES)
-        & ~_non_utf8(lines, block)
-    )
-    kept = pc.filter(fields, pa.array(good))
-    request = pc.extract_regex(kept.field("request"), REQUEST_PATTERN)
-    byte_count = pc.if_else(pc.equal(kept.field("bytes"), b"-"), b"0", kept.field("bytes"))
-    records = pa.Table.from_arrays(
+def _struct_fields(struct: pa.StructArray) -> dict[str, pa.Array]:
+    return {struct.type.field(i).name: struct.field(i) for i in range(struct.type.num_fields)}
+
+
+def _records(
+    fields: dict[str, pa.Array], seconds: np.ndarray, status: np.ndarray, fmt: LogFormat, n: int
+) -> pa.Table:
+    """The records of the lines that matched (`fields` already filtered to them)."""
+    request = fields.get("request")
+    if request is not None:
+        fields = fields | _struct_fields(pc.extract_regex(request, REQUEST_PATTERN))
+    byte_field = fields.get("bytes")
+    if byte_field is None:
+        byte_count = pa.nulls(n, pa.int64())
+    else:
+        dash = pc.equal(byte_field, b"-")
+        byte_count = pc.fill_null(_null_where(byte_field, dash).cast(pa.int64()), 0)
+    return pa.Table.from_arrays(
         [
-            pa.array(seconds[good]),
-            kept.field("client").cast(pa.string()),
-            _text(kept.field("user")),
-            _text(request.field("method")),
-            _text(request.field("path")),
-            _text(request.field("protocol")),
-            pa.array(status[good].astype(np.int16)),
-            byte_count.cast(pa.string()).cast(pa.int64()),
-            _text(kept.field("referer")),
-            _text(kept.field("agent")),
-            _request_time(kept.field("rt")),
+            pa.array(seconds),
+            fields["client"].cast(pa.string()) if "client" in fields else pa.nulls(n, pa.string()),
+            _text(fields.get("user"), n),
+            _text(fields.get("method"), n),
+            _text(fields.get("path"), n),
+            _text(fields.get("protocol"), n),
+            pa.array(status.astype(np.int16)),
+            byte_count,
+            _text(fields.get("referer"), n),
+            _text(fields.get("agent"), n),
+            _request_time(fields.get("rt"), fmt.rt_unit, n),
+            _text(fields.get("vhost"), n),
         ],
         schema=RECORD_SCHEMA,
     )
-    return records, good, lines
+
+
+def _parse_with(fmt: LogFormat, lines: pa.Array) -> tuple[np.ndarray, pa.Table]:
+    """Which of `lines` fit `fmt` (a possible date and status), and their records."""
+    fields = pc.extract_regex(lines, fmt.pattern)
+    seconds, possible = _utc_seconds(fields)
+    status = _int(fields.field("status")) if "status" in fmt.fields else np.full(len(lines), 0)
+    good = fields.is_valid().to_numpy(zero_copy_only=False) & possible
+    if "status" in fmt.fields:
+        good &= (status >= 100) & (status <= 599)
+    kept = _struct_fields(pc.filter(fields, pa.array(good)))
+    return good, _records(kept, seconds[good], status[good], fmt, int(good.sum()))
+
+
+def _take_part(fmt: LogFormat, lines: pa.Array, remaining: np.ndarray, parts: list) -> np.ndarray:
+    """Parse the `remaining` lines with `fmt`, add what fits to `parts`, return the rest."""
+    subset = lines if len(remaining) == len(lines) else pc.take(lines, pa.array(remaining))
+    good, records = _parse_with(fmt, subset)
+    if good.any():
+        parts.append((fmt, remaining[good], records))
+    return remaining[~good]
+
+
+# ------------------------------------------------------------------ the tokenizer path
+# A format whose values hold no space outside quotes (every preset but nginx's upstream
+# lists and "extra fields") is read by pyarrow's CSV tokenizer, about ten times faster
+# than RE2 extraction; each column is then checked against its directive's pattern, and
+# every line it does not vouch for goes to the regex, which has the last word. A line is
+# vouched for when the format's pattern matches it (RE2's DFA: a match without captures
+# costs a fraction of an extraction) and it holds no escaped quote and no lone CR; the
+# quotes and CRs of every other line are blanked for the tokenizer, so no quoted value
+# can run past its line.
+
+_PLACEHOLDER = 1  # replaces the quotes and lone CRs of lines left to the regex
+_MONTH_CODES = np.array([(ord(m[0]) << 16) | (ord(m[1]) << 8) | ord(m[2]) for m in MONTHS])
+
+
+def _line_bytes(buffer: np.ndarray, offsets: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """The byte positions of the lines at `index`, their newlines excluded."""
+    ends = offsets[index + 1]
+    starts, lengths = offsets[index], ends - offsets[index] - (buffer[ends - 1] == 10)
+    first = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return np.repeat(starts, lengths) + np.arange(lengths.sum()) - first
+
+
+def _csv_table(data, columns: list[str], used: list[str]) -> tuple[pa.Table, list[int]]:
+    """The tokenized lines (only the `used` columns), and the numbers of the lines that do
+    not have the format's number of columns."""
+    invalid: list[int] = []
+
+    def skip(row) -> str:
+        invalid.append(row.number)
+        return "skip"
+
+    table = pa_csv.read_csv(
+        pa.py_buffer(data),
+        read_options=pa_csv.ReadOptions(column_names=columns, use_threads=False),
+        parse_options=pa_csv.ParseOptions(
+            delimiter=" ",
+            quote_char='"',
+            escape_char=False,
+            double_quote=False,
+            newlines_in_values=False,
+            ignore_empty_lines=False,  # a blank line stays a row: rows stay lines
+            invalid_row_handler=skip,
+        ),
+        convert_options=pa_csv.ConvertOptions(
+            include_columns=used,
+            column_types={name: pa.binary() for name in used},
+            check_utf8=False,
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+    return table, invalid
+
+
+def _fixed(array: pa.Array, width: int) -> np.ndarray:
+    """A binary array of values `width` bytes long as an (n, width) matrix of the bytes."""
+    if not len(array):
+        return np.zeros((0, width), dtype=np.uint8)
+    _validity, offsets, data = array.buffers()
+    start = np.frombuffer(offsets, dtype=np.int32)[array.offset]
+    matrix = np.frombuffer(data, dtype=np.uint8)[start : start + width * len(array)]
+    return matrix.reshape(len(array), width)
+
+
+def _stamp_columns(left: pa.Array, right: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """`[dd/Mon/yyyy:hh:mm:ss` and `±hhmm]` columns as UTC seconds, and which are possible."""
+    n = len(left)
+    shaped = (
+        pc.and_(pc.equal(pc.binary_length(left), 21), pc.equal(pc.binary_length(right), 6))
+        .to_numpy(zero_copy_only=False)
+        .astype(bool)
+    )
+    seconds, possible = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
+    if not shaped.any():
+        return seconds, possible
+    keep = pa.array(shaped)
+    a, b = _fixed(pc.filter(left, keep), 21), _fixed(pc.filter(right, keep), 6)
+    # The pattern matched: digits and separators are in place. One contiguous row per
+    # byte position keeps the arithmetic in cache.
+    day0, day1, _, _, _, y0, y1, y2, y3, h0, h1, m0, m1, s0, s1 = (
+        a[:, [1, 2, 4, 5, 6, 8, 9, 10, 11, 13, 14, 16, 17, 19, 20]].T.astype(np.int64) - 48
+    )
+    letters = a[:, 4:7].T.astype(np.int64)
+    code = (letters[0] << 16) | (letters[1] << 8) | letters[2]
+    order = np.argsort(_MONTH_CODES)
+    found = np.minimum(np.searchsorted(_MONTH_CODES[order], code), 11)
+    month = np.where(_MONTH_CODES[order][found] == code, order[found] + 1, 0)
+    sign, z0, z1, z2, z3 = b[:, :5].T.astype(np.int64)
+    value = _seconds(
+        y0 * 1000 + y1 * 100 + y2 * 10 + y3,
+        month,
+        day0 * 10 + day1,
+        h0 * 10 + h1,
+        m0 * 10 + m1,
+        s0 * 10 + s1,
+        np.where(sign == 45, -1, 1),
+        (z0 - 48) * 10 + z1 - 48,
+        (z2 - 48) * 10 + z3 - 48,
+    )
+    seconds[shaped], possible[shaped] = value
+    return seconds, possible
+
+
+def _tokenized(
+    fmt: LogFormat, block: bytes, lines: pa.BinaryArray, usable: np.ndarray
+) -> tuple[np.ndarray, pa.Table] | None:
+    """The lines of `block` the tokenizer path vouches for (a mask) and their records;
+    None when the format is not tokenizable or the tokenizer lost the line alignment."""
+    if not fmt.columns:
+        return None
+    names, used = [], []
+    for index, column in enumerate(fmt.columns):
+        names += [f"{index}a", f"{index}b"] if column.time else [str(index)]
+        used += names[-2:] if column.time else names[-1:] if column.field or column.pattern else []
+    buffer = np.frombuffer(block, dtype=np.uint8)
+    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)[: len(lines) + 1]
+    suspect = ~usable | ~pc.match_substring_regex(lines, fmt.pattern).to_numpy(zero_copy_only=False)
+    if b"\r" in block or b'\\"' in block:
+        suspect |= pc.match_substring_regex(lines, r'\\"|\r[^\n]').to_numpy(zero_copy_only=False)
+    data = block
+    if suspect.any():
+        positions = _line_bytes(buffer, offsets, np.flatnonzero(suspect))
+        positions = positions[(buffer[positions] == 34) | (buffer[positions] == 13)]
+        positions = (
+            positions
+            if usable.all()
+            else np.union1d(positions, _line_bytes(buffer, offsets, np.flatnonzero(~usable)))
+        )
+        copy = buffer.copy()
+        copy[positions] = _PLACEHOLDER
+        data = copy
+    table, invalid = _csv_table(data, names, used)
+    if table.num_rows + len(invalid) != len(lines):
+        return None
+    row_lines = np.delete(np.arange(len(lines)), np.asarray(invalid, dtype=np.int64) - 1)
+    ok = ~suspect[row_lines]
+    fields: dict[str, pa.Array] = {}
+    seconds = np.zeros(table.num_rows, dtype=np.int64)
+    for index, column in enumerate(fmt.columns):
+        if not (column.time or column.field or column.pattern):
+            continue
+        if column.time:
+            seconds, possible = _stamp_columns(
+                table[f"{index}a"].combine_chunks(), table[f"{index}b"].combine_chunks()
+            )
+            ok &= possible
+            continue
+        values = table[str(index)].combine_chunks()
+        if column.pattern:
+            parts = pc.extract_regex(values, column.pattern)
+            ok &= parts.is_valid().to_numpy(zero_copy_only=False)
+            fields |= {
+                parts.type.field(i).name: parts.field(i) for i in range(parts.type.num_fields)
+            }
+        if column.field:
+            fields[column.field] = values
+    status = _int(fields["status"]) if "status" in fields else np.zeros(table.num_rows, int)
+    if "status" in fields:
+        ok &= (status >= 100) & (status <= 599)
+    keep = pa.array(ok)
+    kept = fields if ok.all() else {name: pc.filter(v, keep) for name, v in fields.items()}
+    good = np.zeros(len(lines), dtype=bool)
+    good[row_lines[ok]] = True
+    return good, _records(kept, seconds[ok], status[ok], fmt, int(ok.sum()))
+
+
+def _stamp_times(lines: pa.Array) -> np.ndarray:
+    """The UTC time of a `[dd/Mon/yyyy:hh:mm:ss ±hhmm]` stamp anywhere in each line, or NaN."""
+    fields = pc.extract_regex(lines, TIME)
+    seconds, possible = _utc_seconds(fields)
+    readable = fields.is_valid().to_numpy(zero_copy_only=False) & possible
+    return np.where(readable, seconds, np.nan)
 
 
 def _blank(lines: pa.Array) -> np.ndarray:
@@ -261,10 +503,9 @@ def _sample(raw: bytes) -> str:
 
 
 def _malformed_table(
-    lines: pa.BinaryArray, bad: np.ndarray, times: np.ndarray, path: Path | str, first_line: int
+    lines: pa.BinaryArray, index: np.ndarray, times: np.ndarray, path: Path | str, first_line: int
 ) -> pa.Table:
-    index = np.flatnonzero(bad)
-    raw = pc.take(lines, pa.array(index)).to_pylist()
+    raw = pc.take(lines, pa.array(index, pa.int64())).to_pylist()
     return pa.Table.from_arrays(
         [
             pa.array(times[index], mask=np.isnan(times[index])).cast(pa.int64()),
@@ -276,45 +517,194 @@ def _malformed_table(
     )
 
 
-class _FileState:
-    """What carries from one block of a file to the next: line number, last good time."""
+@dataclass
+class ParsedBlock:
+    """One block of a file: the good lines' records (in line order) and their line numbers,
+    the malformed lines (with estimated times), and the format changes found in it."""
 
-    def __init__(self) -> None:
-        self.next_line = 1
+    records: pa.Table
+    record_lines: np.ndarray
+    malformed: pa.Table
+    lines: int
+    changes: list[FormatChange] = field(default_factory=list)
+
+
+class LogParser:
+    """Parses the blocks of one file in order: line numbers, formats and last good time
+    carry from one block to the next."""
+
+    def __init__(
+        self, name: Path | str, log_format: LogFormat | None = None, first_line: int = 1
+    ) -> None:
+        self.name = str(name)
+        self.formats: list[LogFormat] = [log_format] if log_format else []
+        self.next_line = first_line
         self.last_time = np.nan
 
+    @property
+    def log_format(self) -> LogFormat | None:
+        return self.formats[0] if self.formats else None
 
-def _estimated_times(seconds: np.ndarray, good: np.ndarray, state: _FileState) -> np.ndarray:
-    """Each line's own time if good, else the last good time before it (NaN if none yet)."""
-    times = np.where(good, seconds, np.nan).astype(np.float64)
-    times = np.concatenate([[state.last_time], times])
-    index = np.where(~np.isnan(times), np.arange(len(times)), 0)
-    np.maximum.accumulate(index, out=index)
-    filled = times[index][1:]
-    known = np.flatnonzero(~np.isnan(filled))
-    if len(known):
-        # Junk at the very start of a file takes the time of the first good line after it.
-        filled[: known[0]] = filled[known[0]]
-        state.last_time = filled[-1]
-    return filled
+    def parse(self, block: bytes) -> ParsedBlock:
+        lines = split_lines(block)
+        lengths = pc.binary_length(lines).to_numpy(zero_copy_only=False)
+        usable = (lengths <= MAX_LINE_BYTES) & ~_non_utf8(lines, block)
+        if not self.formats:
+            head = slice(0, DETECT_LINES)
+            found, _count = detect(pc.filter(lines[head], pa.array(usable[head])))
+            self.formats += [found] if found else []
+        parts, changes = self._parse_usable(block, lines, usable)
+        order = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
+        records = _concat_records([p[2] for p in parts])
+        if len(parts) > 1:
+            sort = np.argsort(order, kind="stable")
+            order, records = order[sort], records.take(pa.array(sort))
+        good = np.zeros(len(lines), dtype=bool)
+        good[order] = True
+        seconds = np.full(len(lines), np.nan)
+        seconds[order] = records.column("time").to_numpy()
+        bad = np.flatnonzero(~good)
+        if len(bad):
+            bad = bad[~_blank(pc.take(lines, pa.array(bad)))]
+            seconds[bad] = _stamp_times(pc.take(lines, pa.array(bad)))
+        times = self._estimated_times(seconds)
+        malformed = _malformed_table(lines, bad, times, self.name, self.next_line)
+        first = self.next_line
+        self.next_line += len(lines)
+        changes = [
+            FormatChange(self.name, index + first, _int_or_none(times[index]), previous, new)
+            for index, previous, new in changes
+        ]
+        return ParsedBlock(records, order + first, malformed, len(lines), changes)
+
+    def _parse_usable(self, block: bytes, lines: pa.Array, usable: np.ndarray) -> tuple[list, list]:
+        """Each format in turn on the lines not yet parsed, then presets on what is left.
+
+        Returns the parts (format, line indexes, records) and the changes (index of the
+        first line in the new format, previous format, new format)."""
+        parts: list[tuple[LogFormat, np.ndarray, pa.Table]] = []
+        changes: list[tuple[int, str, str]] = []
+        remaining = np.flatnonzero(usable)
+        tokenized = _tokenized(self.formats[0], block, lines, usable) if self.formats else None
+        if tokenized is not None:
+            good, records = tokenized
+            parts += [(self.formats[0], np.flatnonzero(good), records)] if good.any() else []
+            remaining = remaining[~good[remaining]]
+        for fmt in self.formats:
+            if len(remaining):
+                remaining = _take_part(fmt, lines, remaining, parts)
+        if len(remaining) and self.formats:
+            remaining = remaining[~_blank(pc.take(lines, pa.array(remaining)))]
+        # A few bad lines in a block are junk, not a new format: detection is not tried.
+        worth_detecting = len(remaining) >= MIN_CHANGE_LINES or len(remaining) * 2 >= len(lines)
+        while len(remaining) and self.formats and worth_detecting:
+            found = self._new_format(pc.take(lines, pa.array(remaining)))
+            if found is None:
+                break
+            before = len(parts)
+            remaining = _take_part(found, lines, remaining, parts)
+            if len(parts) == before:
+                break
+            changes.append((int(parts[-1][1][0]), self.formats[0].name, found.name))
+            self.formats.append(found)
+        if len(self.formats) > 1:  # the format that read most of this block goes first next
+            counts = {fmt.definition: 0 for fmt in self.formats}
+            for fmt, index, _records in parts:
+                counts[fmt.definition] += len(index)
+            self.formats.sort(key=lambda fmt: -counts[fmt.definition])
+        return parts, changes
+
+    def _new_format(self, failed: pa.Array) -> LogFormat | None:
+        """A preset, not yet in use, that fits most of the lines that failed, or None."""
+        found, count = detect(failed, exclude=tuple(f.definition for f in self.formats))
+        sample = min(len(failed), DETECT_LINES)
+        if found is None or (count * 2 < sample and count < MIN_CHANGE_LINES):
+            return None
+        return found
+
+    def _estimated_times(self, seconds: np.ndarray) -> np.ndarray:
+        """Each line's own time if known, else the last known time before it (NaN if none)."""
+        times = np.concatenate([[self.last_time], seconds])
+        index = np.where(~np.isnan(times), np.arange(len(times)), 0)
+        np.maximum.accumulate(index, out=index)
+        filled = times[index][1:]
+        known = np.flatnonzero(~np.isnan(filled))
+        if len(known):
+            # Junk at the very start of a file takes the time of the first good line after it.
+            filled[: known[0]] = filled[known[0]]
+            self.last_time = filled[-1]
+        return filled
+
+
+def parse_block(
+    block: bytes, log_format: LogFormat | None = None
+) -> tuple[pa.Table, np.ndarray, pa.BinaryArray]:
+    """One block on its own (its format detected unless given): the good lines' records,
+    the good-line mask and all the lines."""
+    parsed = LogParser("block", log_format).parse(block)
+    lines = split_lines(block)
+    good = np.zeros(len(lines), dtype=bool)
+    good[parsed.record_lines - 1] = True
+    return parsed.records, good, lines
+
+
+def _int_or_none(value: float) -> int | None:
+    return None if np.isnan(value) else int(value)
+
+
+def _concat_records(tables: list[pa.Table]) -> pa.Table:
+    if not tables:
+        return RECORD_SCHEMA.empty_table()
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
 
 
 def _in_window(times: pa.Array, start: int, end: int) -> pa.Array:
     return pc.and_kleene(pc.greater_equal(times, start), pc.less(times, end))
 
 
+def _chunk(parser: LogParser, block: bytes, lo: int, hi: int) -> LogChunk:
+    parsed = parser.parse(block)
+    keep_time = parsed.malformed.column("time")
+    in_window = pc.or_kleene(_in_window(keep_time, lo, hi), pc.is_null(keep_time))
+    return LogChunk(
+        records=parsed.records.filter(_in_window(parsed.records.column("time"), lo, hi)),
+        malformed=parsed.malformed.filter(in_window),
+        lines_read=parser.next_line - 1,
+        file=parser.name,
+        parsed=parsed.records.num_rows,
+        skipped=parsed.malformed.num_rows,
+        log_format=parser.log_format,
+        format_changes=tuple(parsed.changes),
+    )
+
+
 def parse_blocks(
-    blocks: Iterable[bytes], name: Path | str, start: datetime, end: datetime
+    blocks: Iterable[bytes],
+    name: Path | str,
+    start: datetime,
+    end: datetime,
+    *,
+    log_format: LogFormat | None = None,
+    first_line: int = 1,
 ) -> Iterator[LogChunk]:
-    """Chunks of one stream's lines (blocks of whole lines) whose time is in [start, end)."""
+    """Chunks of one stream's lines (blocks of whole lines) whose time is in [start, end).
+
+    `log_format`: the stream's format (None: detect it); `first_line`: the number of the
+    first line (to parse lines appended to a file read before).
+    """
     lo, hi = int(start.timestamp()), int(end.timestamp())
-    state = _FileState()
+    parser = LogParser(name, log_format, first_line)
     for block in blocks:
-        yield _parse_chunk(block, name, state, lo, hi)
+        yield _chunk(parser, block, lo, hi)
 
 
 def read_log_file(
-    path: Path, start: datetime, end: datetime, chunk_bytes: int = CHUNK_BYTES
+    path: Path,
+    start: datetime,
+    end: datetime,
+    chunk_bytes: int = CHUNK_BYTES,
+    *,
+    log_format: LogFormat | None = None,
 ) -> Iterator[LogChunk]:
     """Chunks of one file's lines whose time falls in [start, end) (aware datetimes).
 
@@ -324,7 +714,8 @@ def read_log_file(
     lines_read = 0
     try:
         with open_log(path) as stream:
-            for chunk in parse_blocks(line_blocks(stream, chunk_bytes), path, start, end):
+            blocks = line_blocks(stream, chunk_bytes)
+            for chunk in parse_blocks(blocks, path, start, end, log_format=log_format):
                 lines_read = chunk.lines_read
                 yield chunk
     except (EOFError, OSError, zlib.error) as error:
@@ -336,28 +727,23 @@ def read_log_file(
                 schema=MALFORMED_SCHEMA,
             ),
             lines_read,
+            file=str(path),
+            skipped=1,
         )
 
 
-def _parse_chunk(block: bytes, path: Path | str, state: _FileState, lo: int, hi: int) -> LogChunk:
-    records, good, lines = parse_block(block)
-    seconds = np.zeros(len(good), dtype=np.float64)
-    seconds[good] = records.column("time").to_numpy()
-    times = _estimated_times(seconds, good, state)
-    bad = ~good
-    if bad.any():
-        bad[bad] = ~_blank(pc.filter(lines, pa.array(bad)))
-    malformed = _malformed_table(lines, bad, times, path, state.next_line)
-    state.next_line += len(good)
-    keep_time = malformed.column("time")
-    malformed = malformed.filter(pc.or_kleene(_in_window(keep_time, lo, hi), pc.is_null(keep_time)))
-    in_window = records.filter(_in_window(records.column("time"), lo, hi))
-    return LogChunk(in_window, malformed, state.next_line - 1)
-
-
 def read_access_logs(
-    paths: Iterable[Path], start: datetime, end: datetime, chunk_bytes: int = CHUNK_BYTES
+    paths: Iterable[Path],
+    start: datetime,
+    end: datetime,
+    chunk_bytes: int = CHUNK_BYTES,
+    *,
+    formats: Callable[[Path], LogFormat | None] | None = None,
 ) -> Iterator[LogChunk]:
-    """Chunks of every file's lines in [start, end); malformed lines with no time are kept too."""
+    """Chunks of every file's lines in [start, end); malformed lines with no time are kept too.
+
+    `formats` gives a file's configured format (None: detect it), e.g. `FormatConfig.for_file`.
+    """
     for path in paths:
-        yield from read_log_file(path, start, end, chunk_bytes)
+        log_format = formats(path) if formats else None
+        yield from read_log_file(path, start, end, chunk_bytes, log_format=log_format)

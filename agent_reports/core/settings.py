@@ -43,3 +43,9 @@ def database_url(sqlite_file: str) -> str:
 def data_dir() -> Path:
     """The drop folder read by the `files` source: `market/`, `logs/`, `customers/`."""
     return Path(env("AGENT_REPORTS_DATA_DIR", "data")).resolve()
+
+
+def log_format() -> str | None:
+    """AGENT_REPORTS_LOG_FORMAT: a preset name or a LogFormat / log_format string for every
+    log file the folder's `.agent_reports.toml` does not name (unset: detect per file)."""
+    return env("AGENT_REPORTS_LOG_FORMAT")

@@ -363,8 +363,9 @@ class FileSource:
         self.cache_root = cache_root if cache_root is not None else csv_files.default_cache_root()
 
     def access_logs(self, start: datetime, end: datetime) -> Iterator[LogChunk]:
-        """What is new under `<data_dir>/logs/` (plain or .gz, any names) ingested into the
-        log store (core/log_store.py), then the window read from the store."""
+        """What is new under `<data_dir>/logs/` (plain or .gz, any names, each in its
+        configured or detected format: docs/log-formats.md) ingested into the log store
+        (core/log_store.py), then the window read from the store."""
         from agent_reports.core.log_store import ingest_and_read
 
         folder = self.data_dir / "logs"
