@@ -2,36 +2,49 @@
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-stamp
+PIP := $(BIN)/python -m pip --disable-pip-version-check --quiet
+# Separate stamps: `make run` installs the runtime only; `make test` adds the test extras.
+RUNTIME_STAMP := $(VENV)/.runtime-stamp
+TEST_STAMP := $(VENV)/.test-stamp
+INSTANCE_TEMPLATE := instance/dagster.yaml
+HOST ?= 127.0.0.1
+PORT ?= 3000
 
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install pools run stack stack-down test lint format audit clean
+.PHONY: install install-test run stop stack stack-down test lint format audit clean
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11" >&2; exit 1; }
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	$(PYTHON) -m venv $(VENV)
 
-install: $(STAMP)
+$(RUNTIME_STAMP): pyproject.toml | $(BIN)/python
+	$(PIP) install -e .
+	touch $@
 
-$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+$(TEST_STAMP): pyproject.toml $(RUNTIME_STAMP)
+	$(PIP) install -e '.[test]'
+	touch $@
+
+install: $(RUNTIME_STAMP)
+
+install-test: $(TEST_STAMP)
+
+# The instance config lives in instance/, not the repo root: Dagster reads dagster.yaml only
+# from $DAGSTER_HOME and warns about one in the current folder.
+$(DAGSTER_HOME)/dagster.yaml: $(INSTANCE_TEMPLATE)
 	mkdir -p $(DAGSTER_HOME)
-	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	cp $(INSTANCE_TEMPLATE) $@
 
-# The UI and the daemons (scheduler, sensors, backfills, run queue) on 127.0.0.1:3000,
+# The UI and the daemons (scheduler, sensors, backfills, run queue) on http://$(HOST):$(PORT),
 # SQLite storage under .dagster_home, demo data, offline analyst unless OPENAI_API_KEY is set.
-# Dagster 1.13 creates a pool's limit from `default_limit` only in the first dequeue pass
-# that sees the pool, and does not apply it in that pass: on a fresh instance a burst of
-# runs queued together would all start. Setting each pool's limit first closes that gap.
-POOLS := market anomalies churn compliance briefing
-pools: install $(DAGSTER_HOME)/dagster.yaml
-	for pool in $(POOLS); do $(BIN)/dagster instance concurrency set $$pool 1 >/dev/null; done
+# tools/dev.py sets the pool limits (only those that differ) and runs `dg dev` in its own
+# process group, pid in $(DAGSTER_HOME)/dev.pid; Ctrl-C, SIGTERM or `make stop` end it.
+run: install $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/python tools/dev.py run --host $(HOST) --port $(PORT)
 
-run: install $(DAGSTER_HOME)/dagster.yaml pools
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+stop:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python tools/dev.py stop; else echo "nothing to stop"; fi
 
 # The code server, webserver (127.0.0.1:3000) and daemon as separate processes on PostgreSQL
 # (deploy/dagster.yaml; DAGSTER_PG_* settings, database created if missing). State in .stack/.
@@ -41,20 +54,20 @@ stack: install
 stack-down:
 	bash deploy/stack.sh stop
 
-lint: install
+lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-format: install
+format: install-test
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
 # Known vulnerabilities in the installed dependencies (pip-audit; see the script for what
 # happens where no vulnerability database can be reached).
-audit: install
+audit: install-test
 	$(BIN)/python .ci/audit_dependencies.py
 
-test: install lint audit
+test: install-test lint audit
 	bash .ci/ensure-postgres
 	bash deploy/install-test-browser.sh
 	$(BIN)/python -m pytest

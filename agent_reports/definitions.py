@@ -1,16 +1,23 @@
 """The one entry point: every analysis' assets, checks, jobs and schedules, and the shared
 resources, assembled once. Cross-cutting policy (pools, the run queue, retries) lives in
-dagster.yaml; each analysis declares its own pool on its assets."""
+instance/dagster.yaml; each analysis declares its own pool on its assets."""
 
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 from dagster import (
+    AnchorBasedFilePathMapping,
+    AssetSpec,
     Definitions,
+    TableColumn,
+    TableSchema,
     in_process_executor,
+    link_code_references_to_git,
     load_asset_checks_from_modules,
     load_assets_from_modules,
+    with_source_code_references,
 )
 
 from agent_reports.anomalies import assets as anomalies_assets
@@ -25,6 +32,8 @@ from agent_reports.churn.partitions import churn_job, churn_schedule
 from agent_reports.compliance import assets as compliance_assets
 from agent_reports.compliance import checks as compliance_checks
 from agent_reports.compliance.partitions import compliance_job, compliance_schedule
+from agent_reports.core import settings
+from agent_reports.core.customers import CANONICAL_COLUMNS
 from agent_reports.core.resources import (
     AnalystResource,
     DataSourceResource,
@@ -73,16 +82,98 @@ CATCHUPS = [
     ),
 ]
 
-defs = Definitions(
-    assets=load_assets_from_modules(
-        [
-            market_assets,
-            anomalies_assets,
-            churn_assets,
-            compliance_assets,
-            briefing_assets,
-            ingest_assets,
+# The catalog, applied once to every asset: who owns it, how often it runs, what it is.
+OWNERS = {
+    "market": "team:market-analytics",
+    "anomalies": "team:platform",
+    "churn": "team:customer-success",
+    "compliance": "team:compliance",
+    "briefing": "team:agent-reports",
+}
+CADENCES = {
+    "market": "daily",
+    "anomalies": "hourly",
+    "churn": "weekly",
+    "compliance": "monthly",
+    "briefing": "weekdays",
+}
+# Kinds for assets that declare none, by the last word of their name.
+KINDS_BY_ROLE = {
+    "report": {"openai", "html"},
+    "email": {"email"},
+    "alert": {"email", "webhook"},
+    "analysis": {"pandas"},
+    "detection": {"pandas"},
+    "history": {"dagster"},
+}
+CUSTOMER_TYPES = {
+    "signup_date": "datetime64",
+    "churn_date": "datetime64",
+    "tenure": "float64",
+    "monthly_charges": "float64",
+    "total_charges": "float64",
+    "churned": "bool",
+}
+COLUMN_SCHEMAS = {
+    "market_prices": TableSchema(
+        columns=[
+            TableColumn("date", "datetime64", "trading day (UTC)"),
+            TableColumn("ticker", "string"),
+            *(TableColumn(name, "float64") for name in ("open", "high", "low", "close")),
+            TableColumn("volume", "float64"),
         ]
+    ),
+    "churn_customers": TableSchema(
+        columns=[
+            TableColumn(name, CUSTOMER_TYPES.get(name, "string")) for name in CANONICAL_COLUMNS
+        ]
+    ),
+}
+
+
+def catalog_spec(spec: AssetSpec) -> AssetSpec:
+    """Owners, tags (analysis, cadence), kinds and, for tables, the column schema."""
+    analysis = spec.group_name or ""
+    kinds = spec.kinds or KINDS_BY_ROLE.get(spec.key.path[-1].rpartition("_")[2], {"python"})
+    schema = COLUMN_SCHEMAS.get(spec.key.to_user_string())
+    return spec.replace_attributes(kinds=kinds).merge_attributes(
+        owners=[OWNERS[analysis]] if analysis in OWNERS else [],
+        tags={"analysis": analysis, "cadence": CADENCES.get(analysis, "none")},
+        metadata={"dagster/column_schema": schema} if schema else {},
+    )
+
+
+def with_code_references(assets: list) -> list:
+    """Each asset linked to its source: the local file, or the file in the repository when
+    AGENT_REPORTS_GIT_URL (and AGENT_REPORTS_GIT_BRANCH, default main) name it. Read when
+    the code location loads: they describe the code, they are not run settings or secrets."""
+    assets = with_source_code_references(assets)
+    git_url = settings.env("AGENT_REPORTS_GIT_URL")
+    if not git_url:
+        return assets
+    return link_code_references_to_git(
+        assets,
+        git_url=git_url,
+        git_branch=settings.env("AGENT_REPORTS_GIT_BRANCH", "main") or "main",
+        file_path_mapping=AnchorBasedFilePathMapping(
+            local_file_anchor=Path(__file__).parent,
+            file_anchor_path_in_repository="agent_reports",
+        ),
+    )
+
+
+defs = Definitions(
+    assets=with_code_references(
+        load_assets_from_modules(
+            [
+                market_assets,
+                anomalies_assets,
+                churn_assets,
+                compliance_assets,
+                briefing_assets,
+                ingest_assets,
+            ]
+        )
     ),
     asset_checks=load_asset_checks_from_modules(
         [
@@ -114,7 +205,7 @@ defs = Definitions(
     # One process per run, not one per step: the multiprocess default starts 5-7 processes
     # per run, each importing the code location again (4-9 s apiece on this machine), which
     # made orchestration, not the data, the cost of a run. A crashed run is retried whole
-    # (dagster.yaml run_retries); the steps of an analysis are sequential anyway.
+    # (instance/dagster.yaml run_retries); the steps of an analysis are sequential anyway.
     executor=in_process_executor,
     resources={
         "source": DataSourceResource(),
@@ -125,5 +216,6 @@ defs = Definitions(
         "clock": ClockResource(),
     },
 )
-# Freshness policies on the report assets, applied once (agent_reports/ops/freshness.py).
-defs = with_freshness(defs)
+# Freshness policies on the report assets (agent_reports/ops/freshness.py) and the catalog,
+# each applied once.
+defs = with_freshness(defs).map_resolved_asset_specs(func=catalog_spec)

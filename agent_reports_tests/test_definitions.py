@@ -17,7 +17,7 @@ def test_definitions_load() -> None:
 
 
 def test_every_asset_sits_in_the_pool_of_its_analysis() -> None:
-    """The pool is what keeps two runs of one analysis apart (dagster.yaml: granularity run)."""
+    """The pool is what keeps two runs of one analysis apart (granularity run)."""
     graph = defs.resolve_asset_graph()
     for key in graph.get_all_asset_keys():
         node = graph.get(key)

@@ -6,7 +6,8 @@ Kubernetes cluster on this machine):
   resolved to the Kubernetes definitions (deploy/schemas/README.md says where each comes from);
 - the Dockerfile with hadolint;
 - each instance yaml loaded by Dagster itself (`DagsterInstance`) on a real PostgreSQL
-  database, with the same pools, queue, retries and monitoring as the repository's dagster.yaml.
+  database, with the same pools, queue, retries and monitoring as the repository's
+  instance/dagster.yaml.
 """
 
 from __future__ import annotations
@@ -230,7 +231,7 @@ def test_dockerfile_runs_the_code_server_as_non_root() -> None:
 
 
 def _policy(instance) -> dict:
-    """What the deploy configs promise to keep equal to the repository's dagster.yaml."""
+    """What the deploy configs promise to keep equal to the repository's instance/dagster.yaml."""
     concurrency = instance.get_concurrency_config()
     return {
         "coordinator": type(instance.run_coordinator).__name__,
@@ -261,7 +262,7 @@ def _instance(home: Path, config: dict):
 
 @pytest.fixture
 def reference_policy(tmp_path: Path) -> dict:
-    instance = _instance(tmp_path / "reference_home", load_yaml(ROOT / "dagster.yaml"))
+    instance = _instance(tmp_path / "reference_home", load_yaml(ROOT / "instance" / "dagster.yaml"))
     try:
         return _policy(instance)
     finally:

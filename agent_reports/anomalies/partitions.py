@@ -22,4 +22,8 @@ anomalies_job = define_asset_job(
 
 # Built from the job so the cron cannot drift from the partition grain: at :05 it requests
 # the newest complete hour with run_key = partition key.
-anomalies_schedule = build_schedule_from_partitioned_job(anomalies_job, minute_of_hour=5)
+anomalies_schedule = build_schedule_from_partitioned_job(
+    anomalies_job,
+    minute_of_hour=5,
+    description="Every hour at :05 UTC: the hour that just ended (run_key = the hour).",
+)

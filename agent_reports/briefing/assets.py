@@ -3,14 +3,24 @@
 The briefing reads the other analyses' report files, not their assets: its New York
 weekday partitions do not map one-to-one onto UTC days, hours and weeks, and the file a
 schedule delivered is exactly what the team would have seen at 09:00.
+
+It still declares those reports as dependencies, so the lineage graph shows them and a
+newer report marks the briefing stale. The mapping is "the latest partition": Dagster's
+TimeWindowPartitionMapping refuses partitions in different time zones ("Timezones UTC and
+America/New_York don't match"), and which report a briefing reads is decided by
+`briefing_inputs` (what was delivered by 09:00), not by the mapping.
 """
 
 import json
+from pathlib import Path
 
 from dagster import (
+    AssetDep,
     AssetExecutionContext,
+    AssetKey,
     BackfillPolicy,
     Failure,
+    LastPartitionMapping,
     MaterializeResult,
     MetadataValue,
     asset,
@@ -21,8 +31,16 @@ from agent_reports.briefing.analysis import briefing_inputs, missing_sources
 from agent_reports.briefing.partitions import ANALYSIS, POOL, as_of, briefing_partitions
 from agent_reports.core import settings
 from agent_reports.core.analyst import AnalystAnswer, AnalystRequest
-from agent_reports.core.delivery import Message
+from agent_reports.core.delivery import (
+    PREVIEW_RECIPIENT,
+    DeliveryKey,
+    Message,
+    Outbox,
+    incomplete_smtp_settings,
+)
 from agent_reports.core.publishing import (
+    end_outbox_step,
+    outbox_metadata,
     publish_reports,
     report_from_answer,
     report_notes,
@@ -39,9 +57,15 @@ COMMON = {
 # The ledger's fingerprint for a briefing: constant, so each (day, recipient) gets one
 # email, ever, even if a re-run reads a report that arrived after 09:00.
 EMAIL_FINGERPRINT = "briefing-email-v1"
+RECIPIENTS_VARIABLE = "AGENT_REPORTS_BRIEFING_RECIPIENTS"
+# The reports a briefing reads (briefing_inputs), as lineage.
+SOURCE_REPORTS = [
+    AssetDep(AssetKey(f"{source}_report"), partition_mapping=LastPartitionMapping())
+    for source in ("market", "anomalies", "churn")
+]
 
 
-@asset(**COMMON)
+@asset(**COMMON, deps=SOURCE_REPORTS)
 def briefing_report(
     context: AssetExecutionContext, analyst: AnalystResource, reports: ReportStoreResource
 ) -> MaterializeResult:
@@ -100,7 +124,7 @@ def build_briefing(key: str, inputs: dict, answer: AnalystAnswer) -> Report:
 
 def recipients() -> list[str]:
     """AGENT_REPORTS_BRIEFING_RECIPIENTS: comma-separated addresses, read at run time."""
-    value = settings.env("AGENT_REPORTS_BRIEFING_RECIPIENTS", "") or ""
+    value = settings.env(RECIPIENTS_VARIABLE, "") or ""
     return [address.strip() for address in value.split(",") if address.strip()]
 
 
@@ -108,7 +132,8 @@ def recipients() -> list[str]:
 def briefing_email(
     context: AssetExecutionContext, delivery: DeliveryResource, reports: ReportStoreResource
 ) -> MaterializeResult:
-    """Emails the day's briefing once per recipient, through the delivery ledger.
+    """Emails the day's briefing once per recipient, through the delivery ledger; with no
+    SMTP host it is written to the outbox (`reports/outbox/briefing/<day>/`) instead.
 
     A range run (a backfill) rewrites old briefings but does not email them: nobody wants
     a month of mornings at once.
@@ -116,12 +141,15 @@ def briefing_email(
     if len(context.partition_keys) > 1:
         context.log.info(f"range run of {len(context.partition_keys)} days: no email sent")
         return MaterializeResult(metadata={"emailed": False})
-    to = recipients()
-    key = context.partition_key
-    if not to:
-        context.log.warning("AGENT_REPORTS_BRIEFING_RECIPIENTS is empty: briefing not emailed")
+    to, key, root = recipients(), context.partition_key, reports.path()
+    problem = incomplete_smtp_settings(delivery.smtp_settings(), RECIPIENTS_VARIABLE, to)
+    sender = delivery.email_sender()
+    if sender is not None and problem:
+        raise Failure(description=problem, allow_retries=False)
+    if sender is not None and not to:
+        context.log.warning(f"{RECIPIENTS_VARIABLE} is empty: briefing not emailed")
         return MaterializeResult(metadata={"emailed": False})
-    record = json.loads((reports.path() / ANALYSIS / f"{key}.json").read_text())
+    record = json.loads((root / ANALYSIS / f"{key}.json").read_text())
     report = Report(**record)
     message = Message(
         subject=f"[agent_reports] Morning briefing — {key}",
@@ -129,6 +157,8 @@ def briefing_email(
         html=report.to_html(),
         payload={"analysis": ANALYSIS, "partition": key, "summary": report.summary},
     )
+    if sender is None:
+        return _to_outbox(context, delivery.outbox(root), message, to, problem, root)
     outcomes = delivery.notifier(webhook=False).notify(
         ANALYSIS, key, EMAIL_FINGERPRINT, message, to
     )
@@ -140,3 +170,21 @@ def briefing_email(
             metadata={"failures": MetadataValue.json(failed)},
         )
     return MaterializeResult(metadata={"emailed": True, "deliveries": MetadataValue.json(statuses)})
+
+
+def _to_outbox(
+    context: AssetExecutionContext,
+    outbox: Outbox,
+    message: Message,
+    to: list[str],
+    problem: str | None,
+    root: Path,
+) -> MaterializeResult:
+    """No SMTP host: the e-mails are written to the outbox, not sent. Recipients without a
+    host is a half-way configuration: the files are written, then the step fails naming
+    the missing variable."""
+    key = context.partition_key
+    keys = [DeliveryKey(ANALYSIS, key, to_, EMAIL_FINGERPRINT) for to_ in to or [PREVIEW_RECIPIENT]]
+    entries = [outbox.write(outbox.build(message, k), k) for k in keys]
+    end_outbox_step(context, problem, entries)
+    return MaterializeResult(metadata={"emailed": False, **outbox_metadata(entries, root)})

@@ -8,6 +8,7 @@ report content (see churn/mailing.py).
 
 from collections import Counter
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -35,8 +36,18 @@ from agent_reports.core import settings
 from agent_reports.core.analyst import AnalystAnswer, AnalystRequest
 from agent_reports.core.csv_files import COVERAGE_COLUMNS, coverage_note, coverage_rows
 from agent_reports.core.customers import load_customers
-from agent_reports.core.delivery import DeliveryKey, DeliveryLedger, EmailSender
+from agent_reports.core.delivery import (
+    PREVIEW_RECIPIENT,
+    DeliveryKey,
+    DeliveryLedger,
+    EmailSender,
+    Outbox,
+    OutboxEntry,
+    incomplete_smtp_settings,
+)
 from agent_reports.core.publishing import (
+    end_outbox_step,
+    outbox_metadata,
     publish_reports,
     report_from_answer,
     report_notes,
@@ -245,9 +256,12 @@ class ChurnEmailConfig(Config):
     retry_backoff_seconds: float = Field(default=2.0, description="first wait; doubles each try")
 
 
+RECIPIENTS_VARIABLE = "AGENT_REPORTS_CHURN_RECIPIENTS"
+
+
 def recipients() -> list[str]:
     """AGENT_REPORTS_CHURN_RECIPIENTS, comma-separated, read at run time."""
-    text = settings.env("AGENT_REPORTS_CHURN_RECIPIENTS", "") or ""
+    text = settings.env(RECIPIENTS_VARIABLE, "") or ""
     return sorted({address.strip() for address in text.split(",") if address.strip()})
 
 
@@ -263,18 +277,27 @@ def churn_email(
     config: ChurnEmailConfig,
     churn_report: dict[str, Report],
     delivery: DeliveryResource,
+    reports: ReportStoreResource,
 ) -> MaterializeResult:
     """The week's report emailed once per recipient: re-runs send nothing, a changed report
-    is withheld unless `resend: true`, a refused recipient does not stop the others."""
+    is withheld unless `resend: true`, a refused recipient does not stop the others. With
+    no SMTP host the e-mails are written to the outbox (`reports/outbox/churn/<week>/`)."""
     to = recipients()
+    problem = incomplete_smtp_settings(delivery.smtp_settings(), RECIPIENTS_VARIABLE, to)
+    sender = delivery.email_sender()
+    if sender is None:  # no SMTP host: the outbox (core/delivery.py)
+        outbox, root = delivery.outbox(reports.path()), reports.path()
+        entries = [
+            entry
+            for key in context.partition_keys
+            for entry in _outbox_week(context, config, churn_report[key], to, outbox, root)
+        ]
+        end_outbox_step(context, problem, entries)
+        return MaterializeResult()
+    if problem:
+        raise Failure(description=problem, allow_retries=False)
     if not to:
-        context.log.warning("AGENT_REPORTS_CHURN_RECIPIENTS is empty: no email sent")
-    sender = delivery.email_sender() if to else None
-    if to and sender is None:
-        raise Failure(
-            description="AGENT_REPORTS_CHURN_RECIPIENTS is set but AGENT_REPORTS_SMTP_HOST is not",
-            allow_retries=False,
-        )
+        context.log.warning(f"{RECIPIENTS_VARIABLE} is empty: no email sent")
     ledger = delivery.ledger() if to else None
     try:
         failures = [
@@ -291,6 +314,35 @@ def churn_email(
             metadata={"failures": MetadataValue.json(failures[:50])},
         )
     return MaterializeResult()
+
+
+def _outbox_week(
+    context: AssetExecutionContext,
+    config: ChurnEmailConfig,
+    report: Report,
+    to: list[str],
+    outbox: Outbox,
+    root: Path,
+) -> list[OutboxEntry]:
+    """Write one week's e-mails to the outbox (a preview when no recipients are set)."""
+    if report.degraded and not config.send_degraded:
+        return []
+    fingerprint = content_fingerprint(report)
+    keys = [
+        DeliveryKey(ANALYSIS, report.partition, a, fingerprint) for a in to or [PREVIEW_RECIPIENT]
+    ]
+    entries = [
+        outbox.write(report_email(outbox, report, email_subject(report), k), k) for k in keys
+    ]
+    context.add_asset_metadata(
+        {
+            "content_fingerprint": fingerprint,
+            "recipients": len(to),
+            **outbox_metadata(entries, root),
+        },
+        partition_key=report.partition,
+    )
+    return entries
 
 
 def _email_week(

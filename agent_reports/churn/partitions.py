@@ -24,5 +24,9 @@ churn_job = define_asset_job(
 # Built from the job, so the cron follows the partition grain: Monday 07:00 UTC requests
 # the week that ended at Monday 00:00, with run_key = partition key.
 churn_schedule = build_schedule_from_partitioned_job(
-    churn_job, day_of_week=1, hour_of_day=7, minute_of_hour=0
+    churn_job,
+    day_of_week=1,
+    hour_of_day=7,
+    minute_of_hour=0,
+    description="Mondays at 07:00 UTC: the week (Monday to Sunday) that just ended.",
 )

@@ -24,5 +24,9 @@ compliance_job = define_asset_job(
 # Built from the job, so the cron follows the partition grain: 00:00 UTC on the 1st
 # requests the month that just ended, with run_key = partition key.
 compliance_schedule = build_schedule_from_partitioned_job(
-    compliance_job, day_of_month=1, hour_of_day=0, minute_of_hour=0
+    compliance_job,
+    day_of_month=1,
+    hour_of_day=0,
+    minute_of_hour=0,
+    description="The 1st of each month at 00:00 UTC: the audit of the month that just ended.",
 )

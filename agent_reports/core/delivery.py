@@ -14,28 +14,54 @@ recognisable: the Message-ID (email) and the Idempotency-Key header (webhook) de
 from the key, so mail systems and webhook receivers can drop the copy. The open
 transaction also holds a lock on the row (PostgreSQL) or the database (SQLite), so two
 processes delivering the same key at once cannot both send.
+
+Without an SMTP host the e-mails go to the **outbox** instead: each is written as an .eml
+file with an HTML preview under `<reports>/outbox/`, and nothing is recorded in the
+ledger, so configuring SMTP later still sends every window once. A configuration given
+half-way (recipients or SMTP settings without a host, a user without a password) is
+named by `incomplete_smtp_settings`, never left to a bare error.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import html as html_escape
 import json
 import logging
+import re
 import smtplib
 import ssl
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email import policy
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
+from agent_reports.core.files import write_atomic
+
 log = logging.getLogger(__name__)
 
 SECURITY_MODES = ("none", "starttls", "ssl")
+SMTP_HOST = "AGENT_REPORTS_SMTP_HOST"
+SMTP_USER = "AGENT_REPORTS_SMTP_USER"
+SMTP_PASSWORD = "AGENT_REPORTS_SMTP_PASSWORD"
+# Settings that mean "send through SMTP" when given without a host.
+SMTP_SETTINGS_NEEDING_HOST = (
+    "AGENT_REPORTS_SMTP_PORT",
+    "AGENT_REPORTS_SMTP_SECURITY",
+    SMTP_USER,
+    SMTP_PASSWORD,
+)
+DEFAULT_FROM = "agent-reports@localhost"
+# The outbox's addressee when no recipients are configured: RFC 5322's empty group.
+PREVIEW_RECIPIENT = "undisclosed-recipients:;"
 
 
 class DeliveryError(RuntimeError):
@@ -215,7 +241,26 @@ class Message:
     html: str | None = None
 
 
-class EmailSender:
+class EmailComposer:
+    """Builds a message's e-mail for one delivery key; SMTP and the outbox share it."""
+
+    def __init__(self, sender: str = DEFAULT_FROM):
+        self.sender = sender
+
+    def build(self, message: Message, key: DeliveryKey) -> EmailMessage:
+        email = EmailMessage()
+        email["Subject"] = message.subject
+        email["From"] = self.sender
+        email["To"] = key.recipient
+        email["Message-ID"] = key.message_id(self.sender.rpartition("@")[2] or "agent-reports")
+        email["X-Agent-Reports-Key"] = f"{key.report}/{key.partition}/{key.fingerprint}"
+        email.set_content(message.text)
+        if message.html:
+            email.add_alternative(message.html, subtype="html")
+        return email
+
+
+class EmailSender(EmailComposer):
     """SMTP delivery, one envelope per recipient so one refusal cannot affect the others."""
 
     def __init__(
@@ -230,23 +275,12 @@ class EmailSender:
     ):
         if security not in SECURITY_MODES:
             raise ValueError(f"SMTP security must be one of {SECURITY_MODES}, not {security!r}")
-        self.host, self.port, self.sender, self.security = host, port, sender, security
+        super().__init__(sender)
+        self.host, self.port, self.security = host, port, security
         self.user, self._password, self.timeout = user, password, timeout_seconds
 
     def __repr__(self) -> str:  # never show the password
         return f"EmailSender({self.host}:{self.port}, {self.security}, from {self.sender})"
-
-    def build(self, message: Message, key: DeliveryKey) -> EmailMessage:
-        email = EmailMessage()
-        email["Subject"] = message.subject
-        email["From"] = self.sender
-        email["To"] = key.recipient
-        email["Message-ID"] = key.message_id(self.sender.rpartition("@")[2] or "agent-reports")
-        email["X-Agent-Reports-Key"] = f"{key.report}/{key.partition}/{key.fingerprint}"
-        email.set_content(message.text)
-        if message.html:
-            email.add_alternative(message.html, subtype="html")
-        return email
 
     def _connect(self) -> smtplib.SMTP:
         if self.security == "ssl":
@@ -275,6 +309,75 @@ class EmailSender:
             raise DeliveryError(f"SMTP error {error.smtp_code}") from None
         except (smtplib.SMTPException, OSError) as error:
             raise DeliveryError(f"SMTP {type(error).__name__}: {error}"[:300]) from None
+
+
+def incomplete_smtp_settings(
+    settings: Mapping[str, str | None], recipients_variable: str, recipients: Sequence[str]
+) -> str | None:
+    """What a half-way e-mail configuration lacks, naming the variables; None when e-mail
+    is either configured or not asked for at all. `settings` maps AGENT_REPORTS_SMTP_*
+    names to their values (unset: None or empty)."""
+    if not settings.get(SMTP_HOST):
+        given = [name for name in SMTP_SETTINGS_NEEDING_HOST if settings.get(name)]
+        given += [recipients_variable] if recipients else []
+        if given:
+            verb = "is" if len(given) == 1 else "are"
+            return f"{' and '.join(given)} {verb} set but {SMTP_HOST} is not"
+    elif settings.get(SMTP_USER) and not settings.get(SMTP_PASSWORD):
+        return f"{SMTP_USER} is set but {SMTP_PASSWORD} is not"
+    return None
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """One e-mail written instead of sent: the message file and its browser preview."""
+
+    recipient: str
+    eml: Path
+    html: Path
+
+
+class Outbox(EmailComposer):
+    """E-mails that would have gone out, as files: `<folder>/<report>/<partition>/<to>.eml`
+    and `.html`. Writing is not delivering: nothing goes to the ledger, and the same
+    message gives the same bytes on every re-run (boundaries derive from the key)."""
+
+    def __init__(self, folder: Path, sender: str = DEFAULT_FROM):
+        super().__init__(sender)
+        self.folder = folder
+
+    def write(self, email: EmailMessage, key: DeliveryKey) -> OutboxEntry:
+        for number, part in enumerate(email.walk()):
+            if part.is_multipart():
+                part.set_boundary(f"=={key.digest[:24]}.{number}==")
+        name = "preview" if key.recipient == PREVIEW_RECIPIENT else _file_name(key.recipient)
+        base = self.folder / _file_name(key.report) / _file_name(key.partition) / name
+        eml, preview = base.with_name(f"{name}.eml"), base.with_name(f"{name}.html")
+        write_atomic(eml, email.as_bytes(policy=policy.SMTP))
+        write_atomic(preview, html_preview(email).encode())
+        return OutboxEntry(key.recipient, eml, preview)
+
+
+def _file_name(text: str) -> str:
+    """`text` as one safe path segment (no separators, no dot segments)."""
+    return re.sub(r"[^A-Za-z0-9@._+:-]", "_", text).lstrip(".") or "_"
+
+
+def html_preview(email: EmailMessage) -> str:
+    """The e-mail's HTML body as a page a browser opens on its own: inline `cid:` images
+    become data URIs; a text-only e-mail is shown preformatted (escaped)."""
+    body = email.get_body(preferencelist=("html", "plain"))
+    if body is None:
+        return "<!doctype html><meta charset='utf-8'><p>(empty e-mail)</p>"
+    content = body.get_content()
+    if body.get_content_type() != "text/html":
+        return f"<!doctype html><meta charset='utf-8'><pre>{html_escape.escape(content)}</pre>"
+    for part in email.walk():
+        cid = (part.get("Content-ID") or "").strip("<>")
+        if cid and not part.is_multipart():
+            data = base64.b64encode(part.get_payload(decode=True)).decode()
+            content = content.replace(f"cid:{cid}", f"data:{part.get_content_type()};base64,{data}")
+    return content
 
 
 class WebhookSender:
@@ -333,7 +436,7 @@ class Notifier:
         """One ledger entry and one attempt per recipient; failures are returned, not raised."""
         outcomes = []
         if email_to and self.email is None:
-            raise DeliveryError("email recipients are set but SMTP is not configured")
+            raise DeliveryError(f"email recipients are set but {SMTP_HOST} is not")
         for recipient in email_to:
             key = DeliveryKey(report, partition, recipient, fingerprint)
             email = self.email.build(message, key)

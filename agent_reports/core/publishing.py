@@ -5,6 +5,7 @@ each report, and attach per-partition metadata so each window reads on its own i
 from __future__ import annotations
 
 import json
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,6 +19,7 @@ from dagster import (
     TimeWindow,
 )
 
+from agent_reports.core import settings
 from agent_reports.core.analyst import (
     AnalystAnswer,
     AnalystError,
@@ -25,6 +27,7 @@ from agent_reports.core.analyst import (
     CachedAnalyst,
     Usage,
 )
+from agent_reports.core.delivery import OutboxEntry
 from agent_reports.core.reports import Report, neutral_text
 from agent_reports.core.resources import AnalystResource
 
@@ -79,8 +82,9 @@ def report_metadata(report: Report, answer: AnalystAnswer, paths: dict[str, Path
         preview = preview[:MARKDOWN_PREVIEW_LIMIT] + "\n\n…(truncated; see the file)"
     return {
         "preview": MetadataValue.md(preview),
-        "report_json": MetadataValue.path(str(paths["json"])),
-        "report_html": MetadataValue.path(str(paths["html"])),
+        # `paths` are <root>/<analysis>/<partition>.<ext>: the root is two levels up.
+        "report_json": report_link(paths["json"], paths["json"].parents[1]),
+        "report_html": report_link(paths["html"], paths["html"].parents[1]),
         "generated_by": neutral_text(report.generated_by),
         "degraded": report.degraded,
         "input_fingerprint": report.input_fingerprint,
@@ -99,6 +103,42 @@ def report_metadata(report: Report, answer: AnalystAnswer, paths: dict[str, Path
             else {}
         ),
     }
+
+
+def report_link(path: Path, reports_root: Path) -> MetadataValue:
+    """A file under the reports folder as the UI links it: a URL when the deployment serves
+    that folder (AGENT_REPORTS_REPORTS_URL is its base), else the path on disk."""
+    base = settings.env("AGENT_REPORTS_REPORTS_URL")
+    if not base:
+        return MetadataValue.path(str(path))
+    relative = path.resolve().relative_to(reports_root.resolve()).as_posix()
+    return MetadataValue.url(f"{base.rstrip('/')}/{urllib.parse.quote(relative)}")
+
+
+def outbox_metadata(entries: Sequence[OutboxEntry], reports_root: Path) -> dict:
+    """Links to the e-mails written to the outbox (first one as a link of its own)."""
+    if not entries:
+        return {}
+    return {
+        "outbox_html": report_link(entries[0].html, reports_root),
+        "outbox_eml": report_link(entries[0].eml, reports_root),
+        "outbox": MetadataValue.json(
+            [{"to": e.recipient, "eml": str(e.eml), "html": str(e.html)} for e in entries[:50]]
+        ),
+    }
+
+
+def end_outbox_step(
+    context: AssetExecutionContext, problem: str | None, entries: Sequence[OutboxEntry]
+) -> None:
+    """After writing e-mails to the outbox: fail naming the missing variable when e-mail was
+    configured half-way (recipients but no host), else say where the e-mails are."""
+    where = f"{len(entries)} e-mail(s) written to {entries[0].eml.parents[1]}" if entries else ""
+    if problem:
+        raise Failure(
+            description=f"{problem}: {where or 'nothing written'}, not sent", allow_retries=False
+        )
+    context.log.info(f"AGENT_REPORTS_SMTP_HOST is not set: {where or 'no e-mail'} instead of sent")
 
 
 def report_notes(answer: AnalystAnswer) -> list[str]:

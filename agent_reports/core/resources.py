@@ -18,7 +18,17 @@ from pydantic import Field
 from agent_reports.core import settings
 from agent_reports.core.analyst import CachedAnalyst, OfflineAnalyst, OpenAIAnalyst, ResponseCache
 from agent_reports.core.budget import TokenBudget
-from agent_reports.core.delivery import DeliveryLedger, EmailSender, Notifier, WebhookSender
+from agent_reports.core.delivery import (
+    DEFAULT_FROM,
+    SMTP_HOST,
+    SMTP_PASSWORD,
+    SMTP_USER,
+    DeliveryLedger,
+    EmailSender,
+    Notifier,
+    Outbox,
+    WebhookSender,
+)
 from agent_reports.core.files import write_atomic
 from agent_reports.core.sources import DemoSource, FileSource, Source
 
@@ -147,8 +157,9 @@ class DeliveryResource(ConfigurableResource):
     """Email (SMTP) and webhook delivery with its ledger; every setting read at run time.
 
     Secrets (the SMTP password, the webhook URL and token) are read only through `EnvVar`
-    when a run sends, never from run config. Without AGENT_REPORTS_SMTP_HOST there is no
-    email channel; without AGENT_REPORTS_WEBHOOK_URL there is no webhook.
+    when a run sends, never from run config. Without AGENT_REPORTS_SMTP_HOST e-mails are
+    written to the outbox (core/delivery.py) instead of sent; without
+    AGENT_REPORTS_WEBHOOK_URL there is no webhook.
     """
 
     smtp_host: str | None = Field(default=None, description="env AGENT_REPORTS_SMTP_HOST")
@@ -168,22 +179,44 @@ class DeliveryResource(ConfigurableResource):
         "sqlite under the state dir)",
     )
 
+    def smtp_settings(self) -> dict[str, str | None]:
+        """Every AGENT_REPORTS_SMTP_* setting by its variable name: the resource field when
+        set, else the environment (the password only from the environment)."""
+        fields = {
+            "HOST": self.smtp_host,
+            "PORT": self.smtp_port,
+            "SECURITY": self.smtp_security,
+            "USER": self.smtp_user,
+            "FROM": self.smtp_from,
+        }
+        values = {
+            f"AGENT_REPORTS_SMTP_{name}": str(value)
+            if value
+            else settings.env(f"AGENT_REPORTS_SMTP_{name}")
+            for name, value in fields.items()
+        }
+        return {**values, SMTP_PASSWORD: EnvVar(SMTP_PASSWORD).get_value()}
+
     def email_sender(self) -> EmailSender | None:
-        host = self.smtp_host or settings.env("AGENT_REPORTS_SMTP_HOST")
-        if not host:
+        """SMTP when AGENT_REPORTS_SMTP_HOST is set, else None (e-mails go to the outbox)."""
+        values = self.smtp_settings()
+        if not values[SMTP_HOST]:
             return None
-        security = self.smtp_security or settings.env("AGENT_REPORTS_SMTP_SECURITY", "starttls")
+        security = values["AGENT_REPORTS_SMTP_SECURITY"] or "starttls"
         default_port = {"ssl": "465", "starttls": "587"}.get(security, "25")
-        port = self.smtp_port or int(settings.env("AGENT_REPORTS_SMTP_PORT", default_port))
         return EmailSender(
-            host=host,
-            port=port,
-            sender=self.smtp_from
-            or settings.env("AGENT_REPORTS_SMTP_FROM", "agent-reports@localhost"),
+            host=values[SMTP_HOST],
+            port=int(values["AGENT_REPORTS_SMTP_PORT"] or default_port),
+            sender=values["AGENT_REPORTS_SMTP_FROM"] or DEFAULT_FROM,
             security=security,
-            user=self.smtp_user or settings.env("AGENT_REPORTS_SMTP_USER"),
-            password=EnvVar("AGENT_REPORTS_SMTP_PASSWORD").get_value(),
+            user=values[SMTP_USER],
+            password=values[SMTP_PASSWORD],
         )
+
+    def outbox(self, reports_root: Path) -> Outbox:
+        """Where e-mails are written when no SMTP host is set: `<reports>/outbox/`."""
+        sender = self.smtp_settings()["AGENT_REPORTS_SMTP_FROM"] or DEFAULT_FROM
+        return Outbox(reports_root / "outbox", sender)
 
     def webhook_sender(self) -> WebhookSender | None:
         url = EnvVar("AGENT_REPORTS_WEBHOOK_URL").get_value()

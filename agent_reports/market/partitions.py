@@ -24,4 +24,9 @@ market_job = define_asset_job(
 
 # Built from the job, so the cron cannot drift from the partition grain: at 06:00 UTC it
 # requests the newest complete day with run_key = partition key.
-market_schedule = build_schedule_from_partitioned_job(market_job, hour_of_day=6, minute_of_hour=0)
+market_schedule = build_schedule_from_partitioned_job(
+    market_job,
+    hour_of_day=6,
+    minute_of_hour=0,
+    description="Every day at 06:00 UTC: the previous UTC day's prices (run_key = the day).",
+)
