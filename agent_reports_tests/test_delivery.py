@@ -1,25 +1,33 @@
 """The notifier and its ledger against real servers: SQLite and PostgreSQL ledgers, a
 recipient refused by a real SMTP server, a failing webhook, and a ledger write that fails
-after the send (the retry sends again, with the same Message-ID: at least once)."""
+after the send (the retry sends again, with the same Message-ID: at least once); and the
+outbox that takes the e-mails when no SMTP host is set, with real reports."""
 
+import os
+import stat
 import subprocess
 import sys
 import threading
+from email import message_from_bytes, policy
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import ClassVar
 
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.handlers import Mailbox
+from dagster import MetadataValue
 
 from agent_reports.core.delivery import (
+    PREVIEW_RECIPIENT,
     DeliveryKey,
     DeliveryLedger,
     EmailSender,
     Message,
     Notifier,
     WebhookSender,
+    incomplete_smtp_settings,
 )
+from agent_reports.core.files import current_umask, write_atomic
 from agent_reports_tests.conftest import free_port
 
 MESSAGE = Message(subject="Churn report 2024-W10", text="body", payload={"n": 1})
@@ -153,3 +161,112 @@ def test_webhook_failure_is_reported_and_retried_once_then_never(ledger) -> None
     finally:
         server.shutdown()
         server.server_close()
+
+
+# ------------------------------------------------------------------------------- the outbox
+
+SMTP_VARIABLES = [
+    f"AGENT_REPORTS_SMTP_{name}" for name in ("HOST", "PORT", "SECURITY", "USER", "PASSWORD")
+]
+WEEK = "2024-03-04"
+DAY = "2024-03-11"
+
+
+@pytest.fixture
+def no_smtp(monkeypatch):
+    """No e-mail configured at all, and the usual umask (restored afterwards)."""
+    for name in [*SMTP_VARIABLES, "AGENT_REPORTS_CHURN_RECIPIENTS"]:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("AGENT_REPORTS_BRIEFING_RECIPIENTS", raising=False)
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def _materialization(result, asset: str, partition: str):
+    [event] = [m for m in result.asset_materializations_for_node(asset) if m.partition == partition]
+    return event.metadata
+
+
+def test_without_smtp_the_churn_email_is_written_to_the_outbox(
+    run_partition, isolated_dirs, no_smtp
+):
+    """A real churn report (demo customers, charts, CSV attachment) with nothing configured:
+    one preview e-mail in the outbox, its HTML readable on its own, linked from the UI,
+    the same bytes on a re-run, readable by others (0644), and nothing in the ledger."""
+    result = run_partition("churn_job", WEEK)
+    folder = isolated_dirs / "reports" / "outbox" / "churn" / WEEK
+    eml, html = folder / "preview.eml", folder / "preview.html"
+    email = message_from_bytes(eml.read_bytes(), policy=policy.default)
+    assert email["To"] == PREVIEW_RECIPIENT
+    assert email["Subject"].startswith(f"Churn report — week of {WEEK}")
+    attachments = [part.get_filename() for part in email.iter_attachments()]
+    assert any(name and name.endswith(".csv") for name in attachments), attachments
+    assert any(part.get_content_type() == "image/png" for part in email.walk())
+    preview = html.read_text()
+    assert "data:image/png;base64," in preview and "cid:" not in preview
+    metadata = _materialization(result, "churn_email", WEEK)
+    assert metadata["outbox_html"] == MetadataValue.path(str(html))
+    assert metadata["outbox_eml"] == MetadataValue.path(str(eml))
+    for path in (eml, html, isolated_dirs / "reports" / "churn" / f"{WEEK}.html"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+    first = eml.read_bytes()
+    run_partition("churn_job", WEEK)
+    assert eml.read_bytes() == first
+    assert DeliveryLedger().entries() == []  # writing is not sending: SMTP later still sends
+
+
+def test_recipients_without_an_smtp_host_write_the_outbox_then_fail_naming_the_variable(
+    run_partition, isolated_dirs, no_smtp, monkeypatch
+):
+    monkeypatch.setenv("AGENT_REPORTS_BRIEFING_RECIPIENTS", "ny-desk@example.com, cto@example.com")
+    result = run_partition("briefing_job", DAY, raise_on_error=False)
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert failure.step_key == "briefing_email"
+    message = failure.event_specific_data.error.message
+    assert "AGENT_REPORTS_BRIEFING_RECIPIENTS is set but AGENT_REPORTS_SMTP_HOST is not" in message
+    assert "Traceback" not in message
+    folder = isolated_dirs / "reports" / "outbox" / "briefing" / DAY
+    assert sorted(p.name for p in folder.glob("*.eml")) == [
+        "cto@example.com.eml",
+        "ny-desk@example.com.eml",
+    ]
+    email = message_from_bytes((folder / "cto@example.com.eml").read_bytes(), policy=policy.default)
+    assert email["Subject"] == f"[agent_reports] Morning briefing — {DAY}"
+    assert "<html" in (folder / "cto@example.com.html").read_text().lower()
+    assert DeliveryLedger().entries() == []
+
+
+@pytest.mark.parametrize(
+    ("settings", "recipients", "expected"),
+    [
+        ({}, [], None),  # nothing configured: the outbox
+        ({"AGENT_REPORTS_SMTP_HOST": "mail"}, ["a@x"], None),
+        ({}, ["a@x"], "CHURN_TO is set but AGENT_REPORTS_SMTP_HOST is not"),
+        (
+            {"AGENT_REPORTS_SMTP_USER": "u", "AGENT_REPORTS_SMTP_PORT": "25"},
+            [],
+            "AGENT_REPORTS_SMTP_PORT and AGENT_REPORTS_SMTP_USER are set but "
+            "AGENT_REPORTS_SMTP_HOST is not",
+        ),
+        (
+            {"AGENT_REPORTS_SMTP_HOST": "mail", "AGENT_REPORTS_SMTP_USER": "u"},
+            ["a@x"],
+            "AGENT_REPORTS_SMTP_USER is set but AGENT_REPORTS_SMTP_PASSWORD is not",
+        ),
+    ],
+)
+def test_a_half_way_email_configuration_names_what_is_missing(settings, recipients, expected):
+    assert incomplete_smtp_settings(settings, "CHURN_TO", recipients) == expected
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_written_files_honour_the_umask(tmp_path, umask, mode):
+    previous = os.umask(umask)
+    try:
+        write_atomic(tmp_path / "report.html", b"<p>ok</p>")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "report.html").stat().st_mode) == mode
+    assert current_umask() == previous
