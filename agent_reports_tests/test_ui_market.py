@@ -1,17 +1,21 @@
 """The market analysis as a user drives it in the Dagster UI, in headless Chromium (Debian's
 /usr/bin/chromium, installed by deploy/install-test-browser.sh) against a real `dagster dev`:
-materialise one partition, backfill three, toggle the schedule, read a report's Markdown
-preview. Each step leaves a screenshot under the test's tmp dir; on failure the path of the
-last one is printed and attached to the test report."""
+the README's first report (Jobs → market_job → Materialize all… → one day → Launch; the
+report file where the README says it lands), backfill three, toggle the schedule, read a
+report's Markdown preview, and the lineage the briefing declares. Each step leaves a
+screenshot under the test's tmp dir; on failure the path of the last one is printed and
+attached to the test report."""
 
 from __future__ import annotations
 
 import re
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from agent_reports.core.files import current_umask
 from agent_reports_tests.dagster_stack import DagsterStack, dagster_stack
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -88,7 +92,7 @@ def launch_from_job_page(
 
 
 def test_market_in_the_browser(
-    stack: DagsterStack, tmp_path: Path, request: pytest.FixtureRequest
+    stack: DagsterStack, tmp_path: Path, isolated_dirs: Path, request: pytest.FixtureRequest
 ) -> None:
     assert CHROMIUM.exists(), "run deploy/install-test-browser.sh (make test does)"
     from playwright.sync_api import expect, sync_playwright
@@ -105,9 +109,13 @@ def test_market_in_the_browser(
             expect(page.get_by_text("Join the Dagster community")).to_have_count(0)
             screens("asset-page")
 
-            # One partition, launched from the UI, turns materialised.
+            # The README's first report: one partition launched from the job page turns
+            # materialised, and its files land in reports/market/, readable by others.
             launch_from_job_page(page, stack, ONE, 1, screens)
             stack.wait_until(lambda: ONE in stack.materializations("market_report"), 240)
+            for suffix in ("html", "md", "json"):
+                report = isolated_dirs / "reports" / "market" / f"{ONE}.{suffix}"
+                assert stat.S_IMODE(report.stat().st_mode) == 0o666 & ~current_umask(), report
             page.goto(f"{stack.url}/assets/market_report?view=partitions&partition={ONE}")
             expect(page.get_by_text("Materialized (1)")).to_be_visible()
             expect(page.get_by_text("preview", exact=True)).to_be_visible()  # its metadata
@@ -132,6 +140,12 @@ def test_market_in_the_browser(
             page.goto(f"{stack.url}/runs/b/{backfill_id}")
             expect(page.get_by_text("Completed").first).to_be_visible()
             screens("backfill-completed")
+
+            # The briefing's lineage: the three reports it reads are upstream in its graph.
+            page.goto(f"{stack.url}/assets/briefing_report?view=lineage")
+            for source in ("market_report", "anomalies_report", "churn_report"):
+                expect(page.get_by_text(source, exact=True).first).to_be_visible()
+            screens("briefing-lineage")
 
             # The schedule, toggled on and off in the UI, reads back through GraphQL.
             assert schedule_status(stack) == "STOPPED"

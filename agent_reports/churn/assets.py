@@ -286,7 +286,8 @@ def churn_email(
     problem = incomplete_smtp_settings(delivery.smtp_settings(), RECIPIENTS_VARIABLE, to)
     sender = delivery.email_sender()
     if sender is None:  # no SMTP host: the outbox (core/delivery.py)
-        outbox, root = delivery.outbox(reports.path()), reports.path()
+        root = reports.path()
+        outbox = delivery.outbox(root)
         entries = [
             entry
             for key in context.partition_keys
