@@ -18,7 +18,8 @@ SCRIPT = "<script>alert(1)</script>"
 
 
 def make_run_command(dagster_home: Path) -> list[str]:
-    """The `dagster dev` command line `make run` executes (read with `make -n`, not guessed)."""
+    """The command line `make run` executes (`tools/dev.py run`, which starts `dg dev`),
+    read with `make -n`, not guessed."""
     dry_run = subprocess.run(
         ["make", "-n", "run", f"DAGSTER_HOME={dagster_home}"],
         cwd=ROOT,
@@ -27,7 +28,7 @@ def make_run_command(dagster_home: Path) -> list[str]:
         timeout=60,
         check=True,
     )
-    lines = [line for line in dry_run.stdout.splitlines() if " dev " in f" {line} "]
+    lines = [line for line in dry_run.stdout.splitlines() if "tools/dev.py run" in line]
     assert len(lines) == 1, dry_run.stdout
     return shlex.split(lines[0])
 
@@ -51,10 +52,10 @@ def test_make_run_webserver_listens_on_loopback_only(tmp_path: Path) -> None:
     home.mkdir()
     (home / "dagster.yaml").write_text((ROOT / "instance" / "dagster.yaml").read_text())
     args = make_run_command(home)
-    assert "-h" in args and args[args.index("-h") + 1] == "127.0.0.1"
+    assert "--host" in args and args[args.index("--host") + 1] == "127.0.0.1"
     # The same command on a free port (3000 may be in use by someone's `make run`).
     port = free_port()
-    args[args.index("-p") + 1] = str(port)
+    args[args.index("--port") + 1] = str(port)
     env = {**os.environ, "DAGSTER_HOME": str(home)}
     process = start_process(args, tmp_path / "make_run.log", cwd=ROOT, env=env)
     try:

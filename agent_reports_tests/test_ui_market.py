@@ -101,6 +101,7 @@ def test_market_in_the_browser(
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.set_default_timeout(30_000)
+        expect.set_options(timeout=30_000)  # a loaded 2-core machine renders slowly
         screens = Screens(page, tmp_path / "screenshots")
         try:
             # The market report's asset page, without the community pop-up.
