@@ -2,7 +2,10 @@
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-PIP := $(BIN)/python -m pip --disable-pip-version-check --quiet
+# --no-compile: pip would byte-compile every installed module (most never imported); Python
+# compiles what it imports on first use instead. Measured: 190 s against 496 s for the runtime
+# install under the same load (docs/operations.md).
+PIP_INSTALL := $(BIN)/python -m pip --disable-pip-version-check --quiet install --no-compile
 # Separate stamps: `make run` installs the runtime only; `make test` adds the test extras.
 RUNTIME_STAMP := $(VENV)/.runtime-stamp
 TEST_STAMP := $(VENV)/.test-stamp
@@ -19,11 +22,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(RUNTIME_STAMP): pyproject.toml | $(BIN)/python
-	$(PIP) install -e .
+	$(PIP_INSTALL) -e .
 	touch $@
 
 $(TEST_STAMP): pyproject.toml $(RUNTIME_STAMP)
-	$(PIP) install -e '.[test]'
+	$(PIP_INSTALL) -e '.[test]'
 	touch $@
 
 install: $(RUNTIME_STAMP)
