@@ -51,8 +51,11 @@ def set_pool_limits(pools: list[str], limit: int = POOL_LIMIT) -> list[str]:
 def group_alive(pgid: int) -> bool:
     """Whether the group still has a process, and its leader (if alive) is our `dg dev`: a
     pid file left by a crash must not make `stop` signal whatever reused the number."""
-    cmdline = Path(f"/proc/{pgid}/cmdline")
-    if cmdline.exists() and b"dg\x00dev" not in cmdline.read_bytes():
+    try:  # empty for a leader that has exited but not been reaped: judge by the group
+        leader = Path(f"/proc/{pgid}/cmdline").read_bytes()
+    except OSError:
+        leader = b""
+    if leader and b"dg\x00dev" not in leader:
         return False
     try:
         os.killpg(pgid, 0)
