@@ -41,6 +41,7 @@ from agent_reports.core.resources import (
     PartitionRangeIOManager,
     ReportStoreResource,
 )
+from agent_reports.core.sources import MARKET_COLUMNS, ORIGIN_COLUMNS
 from agent_reports.ingest import assets as ingest_assets
 from agent_reports.ingest import checks as ingest_checks
 from agent_reports.ingest.assets import ingest_job, ingest_schedule
@@ -89,6 +90,7 @@ OWNERS = {
     "churn": "team:customer-success",
     "compliance": "team:compliance",
     "briefing": "team:agent-reports",
+    "ingest": "team:platform",
 }
 CADENCES = {
     "market": "daily",
@@ -96,6 +98,7 @@ CADENCES = {
     "churn": "weekly",
     "compliance": "monthly",
     "briefing": "weekdays",
+    "ingest": "hourly",
 }
 # Kinds for assets that declare none, by the last word of their name.
 KINDS_BY_ROLE = {
@@ -106,6 +109,7 @@ KINDS_BY_ROLE = {
     "detection": {"pandas"},
     "history": {"dagster"},
 }
+MARKET_TYPES = {"date": "datetime64", "ticker": "string", "file": "string", "line": "int64"}
 CUSTOMER_TYPES = {
     "signup_date": "datetime64",
     "churn_date": "datetime64",
@@ -117,10 +121,8 @@ CUSTOMER_TYPES = {
 COLUMN_SCHEMAS = {
     "market_prices": TableSchema(
         columns=[
-            TableColumn("date", "datetime64", "trading day (UTC)"),
-            TableColumn("ticker", "string"),
-            *(TableColumn(name, "float64") for name in ("open", "high", "low", "close")),
-            TableColumn("volume", "float64"),
+            TableColumn(name, MARKET_TYPES.get(name, "float64"))
+            for name in (*MARKET_COLUMNS, *ORIGIN_COLUMNS)
         ]
     ),
     "churn_customers": TableSchema(

@@ -105,4 +105,8 @@ ingest_job = define_asset_job(
     partitions_def=anomalies_partitions,
     description="New access-log lines into the log store; each hour's lines, bytes, files.",
 )
-ingest_schedule = build_schedule_from_partitioned_job(ingest_job, minute_of_hour=2)
+ingest_schedule = build_schedule_from_partitioned_job(
+    ingest_job,
+    minute_of_hour=2,
+    description="Every hour at :02 UTC: new access-log lines into the log store.",
+)
