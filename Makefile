@@ -9,7 +9,7 @@ PIP_INSTALL := $(BIN)/python -m pip --disable-pip-version-check --quiet install 
 # Separate stamps: `make run` installs the runtime only; `make test` adds the test extras.
 RUNTIME_STAMP := $(VENV)/.runtime-stamp
 TEST_STAMP := $(VENV)/.test-stamp
-INSTANCE_TEMPLATE := instance/dagster.yaml
+INSTANCE_TEMPLATE := dagster.yaml
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
@@ -33,8 +33,8 @@ install: $(RUNTIME_STAMP)
 
 install-test: $(TEST_STAMP)
 
-# The instance config lives in instance/, not the repo root: Dagster reads dagster.yaml only
-# from $DAGSTER_HOME and warns about one in the current folder.
+# dagster.yaml is the template of the instance file: Dagster reads it only from $DAGSTER_HOME
+# (tools/dev.py runs `dg dev` there, so Dagster does not warn about the template).
 $(DAGSTER_HOME)/dagster.yaml: $(INSTANCE_TEMPLATE)
 	mkdir -p $(DAGSTER_HOME)
 	cp $(INSTANCE_TEMPLATE) $@

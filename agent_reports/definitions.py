@@ -1,6 +1,6 @@
 """The one entry point: every analysis' assets, checks, jobs and schedules, and the shared
 resources, assembled once. Cross-cutting policy (pools, the run queue, retries) lives in
-instance/dagster.yaml; each analysis declares its own pool on its assets."""
+dagster.yaml; each analysis declares its own pool on its assets."""
 
 from __future__ import annotations
 
@@ -207,7 +207,7 @@ defs = Definitions(
     # One process per run, not one per step: the multiprocess default starts 5-7 processes
     # per run, each importing the code location again (4-9 s apiece on this machine), which
     # made orchestration, not the data, the cost of a run. A crashed run is retried whole
-    # (instance/dagster.yaml run_retries); the steps of an analysis are sequential anyway.
+    # (dagster.yaml run_retries); the steps of an analysis are sequential anyway.
     executor=in_process_executor,
     resources={
         "source": DataSourceResource(),

@@ -6,7 +6,7 @@ over GraphQL/HTTP like the UI drives it.
 started as a background job of a non-interactive shell it ignores SIGINT and its children
 would outlive it.
 
-    with dagster_stack(tmp_path / "h", "instance/dagster.yaml", "agent_reports.definitions") as s:
+    with dagster_stack(tmp_path / "h", "dagster.yaml", "agent_reports.definitions") as s:
         run_id = s.launch_run("market_job", partition="2024-03-01")
         s.wait_for_runs([run_id])
 """

@@ -7,7 +7,7 @@ Kubernetes cluster on this machine):
 - the Dockerfile with hadolint;
 - each instance yaml loaded by Dagster itself (`DagsterInstance`) on a real PostgreSQL
   database, with the same pools, queue, retries and monitoring as the repository's
-  instance/dagster.yaml.
+  dagster.yaml.
 """
 
 from __future__ import annotations
@@ -231,7 +231,7 @@ def test_dockerfile_runs_the_code_server_as_non_root() -> None:
 
 
 def _policy(instance) -> dict:
-    """What the deploy configs promise to keep equal to the repository's instance/dagster.yaml."""
+    """What the deploy configs promise to keep equal to the repository's dagster.yaml."""
     concurrency = instance.get_concurrency_config()
     return {
         "coordinator": type(instance.run_coordinator).__name__,
@@ -262,7 +262,7 @@ def _instance(home: Path, config: dict):
 
 @pytest.fixture
 def reference_policy(tmp_path: Path) -> dict:
-    instance = _instance(tmp_path / "reference_home", load_yaml(ROOT / "instance" / "dagster.yaml"))
+    instance = _instance(tmp_path / "reference_home", load_yaml(ROOT / "dagster.yaml"))
     try:
         return _policy(instance)
     finally:

@@ -50,7 +50,7 @@ def listening_addresses(root_pid: int) -> set[tuple[str, int]]:
 def test_make_run_webserver_listens_on_loopback_only(tmp_path: Path) -> None:
     home = tmp_path / "dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_text((ROOT / "instance" / "dagster.yaml").read_text())
+    (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
     args = make_run_command(home)
     assert "--host" in args and args[args.index("--host") + 1] == "127.0.0.1"
     # The same command on a free port (3000 may be in use by someone's `make run`).

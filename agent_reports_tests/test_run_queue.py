@@ -1,5 +1,5 @@
 """The run queue with the real daemons (`dagster dev`): no two runs of one analysis overlap,
-runs of different analyses do, with SQLite storage (instance/dagster.yaml) and with PostgreSQL
+runs of different analyses do, with SQLite storage (dagster.yaml) and with PostgreSQL
 (deploy/dagster.yaml).
 
 The code location is agent_reports_tests/two_pools.py: the market assets as shipped plus a
@@ -35,7 +35,7 @@ def postgres_run_ids(_home: Path, pg: dict[str, str]) -> set[str]:
 
 
 STORAGES = {
-    "sqlite": ("instance/dagster.yaml", sqlite_run_ids),
+    "sqlite": ("dagster.yaml", sqlite_run_ids),
     "postgres": ("deploy/dagster.yaml", postgres_run_ids),
 }
 

@@ -102,7 +102,7 @@ def test_no_secret_in_any_artefact(isolated_dirs: Path, llm_server: LLMServer) -
         "AGENT_REPORTS_ANALYST": "openai",
     }
     home = isolated_dirs / "dagster_home"
-    with dagster_stack(home, "instance/dagster.yaml", "agent_reports.definitions", env) as stack:
+    with dagster_stack(home, "dagster.yaml", "agent_reports.definitions", env) as stack:
         llm_server.reply_json(NARRATIVE)
         good = _run_market(stack, "2024-03-05")
         llm_server.reset()

@@ -38,7 +38,7 @@ BACKFILLS = """{ partitionBackfillsOrError(limit: 10) { __typename
 @pytest.fixture
 def stack(isolated_dirs: Path) -> Iterator[DagsterStack]:
     with dagster_stack(
-        isolated_dirs / "dagster_home", "instance/dagster.yaml", "agent_reports.definitions"
+        isolated_dirs / "dagster_home", "dagster.yaml", "agent_reports.definitions"
     ) as s:
         s.set_nux_seen()
         yield s

@@ -573,7 +573,7 @@ def snapshot(folder: Path, attempts: int = 10) -> Path:
             folder / "agent_reports",
             ignore=shutil.ignore_patterns("__pycache__"),
         )
-        for name in ("instance/dagster.yaml", "workspace.yaml"):
+        for name in ("dagster.yaml", "workspace.yaml"):
             (folder / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(REPO / name, folder / name)
         shutil.copytree(REPO / "deploy", folder / "deploy", dirs_exist_ok=True)
@@ -625,9 +625,7 @@ def main() -> None:
         action="store_true",
         help="run the sample and the second range run in every repeat, not only the first",
     )
-    parser.add_argument(
-        "--instance", default="instance/dagster.yaml", help="instance yaml (repo path)"
-    )
+    parser.add_argument("--instance", default="dagster.yaml", help="instance yaml (repo path)")
     args = parser.parse_args()
     # SIGTERM unwinds like Ctrl-C, so the dagster dev stacks and llmock are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -107,11 +107,13 @@ def run(host: str, port: int) -> int:
     # `dg dev` turns SIGINT into its own orderly shutdown.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, forward)
-    # --no-check-yaml: the project declares no defs.yaml components, and the check costs
-    # about 2 s of CPU on every start.
+    # `-w workspace.yaml` and the cwd $DAGSTER_HOME: dg dev given a workspace starts Dagster
+    # where it is run (without one it moves to the project folder), so Dagster does not warn
+    # that the repository's dagster.yaml, the template `make run` copies to $DAGSTER_HOME,
+    # is not the instance file.
     process = subprocess.Popen(
-        [str(BIN / "dg"), "dev", "--no-check-yaml", "-h", host, "-p", str(port)],
-        cwd=REPO,
+        [str(BIN / "dg"), "dev", "-w", str(REPO / "workspace.yaml"), "-h", host, "-p", str(port)],
+        cwd=os.environ["DAGSTER_HOME"],
         env={**os.environ, "VIRTUAL_ENV": str(BIN.parent)},
         start_new_session=True,
     )
