@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import ClassVar
@@ -27,6 +27,7 @@ from agent_reports.anomalies.analysis import (
 from agent_reports.anomalies.checks import anomalies_checks
 from agent_reports.core.access_logs import parse_blocks
 from agent_reports.core.access_logs_demo import demo_blocks, demo_incidents, hour_lines
+from agent_reports.core.log_store import folder_store
 from agent_reports.core.sources import FileSource
 from agent_reports.definitions import defs
 
@@ -49,6 +50,11 @@ def _materialize(key: str) -> dict:
 
 def _epoch_hour(key: str) -> int:
     return int(datetime.strptime(key, "%Y-%m-%d-%H:%M").replace(tzinfo=UTC).timestamp()) // 3600
+
+
+def _hour_window(key: str) -> tuple[datetime, datetime]:
+    start = datetime.fromtimestamp(_epoch_hour(key) * 3600, UTC)
+    return start, start + timedelta(hours=1)
 
 
 @pytest.mark.parametrize(
@@ -390,6 +396,9 @@ def test_unreadable_logs_give_unknown_a_failing_error_check_and_one_alert(
     files = {Path(f["file"]).name: f for f in coverage["files"]}
     assert files["combined.log"]["unreadable_since"] == "2024-03-05 14:00:00 UTC"
     assert files["app.log"]["lines_untimed"] == 2
+    # Per-file coverage as the raw reader gives it, through the store: format, counts.
+    assert (files["combined.log"]["format"], files["app.log"]["format"]) == ("combined", "unknown")
+    assert files["combined.log"]["lines_skipped"] == len(unreadable_lines)
     assert record["notes"][1].startswith(f"Read {coverage['lines_read']} log line(s)")
     assert any("unreadable" in note and "combined.log" in note for note in record["notes"])
     assert record["summary"].startswith("Unknown:")
@@ -424,3 +433,9 @@ def test_a_format_change_mid_file_is_reported_and_alerted_once(
     assert checks["logs_mostly_parsed"].passed
     changes = [h for h in hooks if "format_change" in h["body"]]
     assert len(changes) == 1 and changes[0]["body"]["format_change"]["line"] == change["line"]
+    # Read through the log store: the change was found once, at ingest, and kept there.
+    store = folder_store(tmp_path / "data" / "logs")
+    stored = [c for chunk in store.read(*_hour_window(OUTAGE_KEY)) for c in chunk.format_changes]
+    assert [(c.line, c.previous, c.new) for c in stored] == [
+        (change["line"], "combined", "nginx_main_timed")
+    ]

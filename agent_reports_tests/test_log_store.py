@@ -19,6 +19,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -158,6 +159,100 @@ def test_the_store_reads_a_window_as_the_raw_reader_does(logs: Path, store: LogS
     numbered = [r for c in store.read(*EVER, numbered=True) for r in c.records.to_pylist()]
     assert {r["path"]: r["line"] for r in numbered}["/y/0"] == 503  # after junk and a blank
     assert numbered[0]["file"] == str(access)
+
+
+def timed(first: datetime, count: int, tag: str, unit_values: list[int]) -> str:
+    """Combined lines with an integer request time appended, as Apache's `%D` (µs) or `%T`
+    (s) writes it: `LogFormat "... \"%{User-agent}i\" %D"` (mod_log_config)."""
+    lines = combined(first, count, tag).splitlines()
+    values = (unit_values * count)[:count]
+    return "".join(f"{line} {value}\n" for line, value in zip(lines, values, strict=True))
+
+
+def numbered_records(store: LogStore) -> list[dict]:
+    return [r for chunk in store.read(*EVER, numbered=True) for r in chunk.records.to_pylist()]
+
+
+def test_appended_lines_keep_the_detected_format_and_the_line_numbers(
+    logs: Path, store: LogStore
+) -> None:
+    """A `%D` file (µs: its median is far above 60) grows by lines whose own median
+    (5) would be read as `%T` whole seconds if they were detected on their own."""
+    access = logs / "access.log"
+    append(access, timed(START, 200, "a", [1520, 4250000, 310]))
+    store.ingest(logs)
+    append(access, timed(START + timedelta(hours=1), 3, "b", [5]))
+    store.ingest(logs)
+    records = {r["path"]: r for r in numbered_records(store)}
+    assert records["/a/1"]["request_time"] == pytest.approx(4.25)
+    assert [records[f"/b/{n}"]["request_time"] for n in range(3)] == [pytest.approx(5e-6)] * 3
+    assert [records[f"/b/{n}"]["line"] for n in range(3)] == [201, 202, 203]
+    [chunk] = [c for c in store.read(*EVER) if c.records.num_rows]
+    assert chunk.file == str(access) and chunk.log_format.rt_unit == 1e-6
+    assert chunk.parsed == 203 and chunk.skipped == 0 and chunk.format_changes == ()
+
+
+def test_a_format_change_found_at_ingest_is_kept_and_not_found_again(
+    logs: Path, store: LogStore
+) -> None:
+    """Combined, then (a config change) Combined + `%D`: the change is stored with its
+    line and time, read back by windows holding it, and the lines appended after it are
+    read in the new format without a second change."""
+    access = logs / "access.log"
+    append(access, combined(START, 300, "old"))
+    store.ingest(logs)
+    append(access, timed(START + timedelta(hours=1), 150, "new", [1520, 4250000, 310]))
+    store.ingest(logs)
+    append(access, timed(START + timedelta(hours=2), 150, "more", [2000, 90000]))
+    store.ingest(logs)
+    changes = [c for chunk in store.read(*EVER) for c in chunk.format_changes]
+    [change] = changes
+    assert (change.file, change.line) == (str(access), 301)
+    assert change.time == int((START + timedelta(hours=1)).timestamp())
+    assert change.previous == "combined" and change.new != "combined"
+    hour_one = (START + timedelta(hours=1), START + timedelta(hours=2))
+    assert [c for chunk in store.read(*hour_one) for c in chunk.format_changes] == [change]
+    assert not [c for chunk in store.read(START, hour_one[0]) for c in chunk.format_changes]
+    records = {r["path"]: r for r in numbered_records(store)}
+    assert records["/more/1"]["request_time"] == pytest.approx(0.09)
+    assert records["/more/0"]["line"] == 451
+    assert sum(c.skipped for c in store.read(*EVER)) == 0
+
+
+def test_the_configured_format_is_honoured_by_the_store(logs: Path, store: LogStore) -> None:
+    """`.agent_reports.toml` names `%T` (whole seconds) for *.log: values whose median
+    would make detection choose µs are read as seconds, in the configured format."""
+    definition = '%h %l %u %t \\"%r\\" %>s %b \\"%{Referer}i\\" \\"%{User-agent}i\\" %T'
+    (logs / ".agent_reports.toml").write_text(f"[formats]\n\"*.log\" = '{definition}'\n")
+    append(logs / "slow.log", timed(START, 20, "slow", [90, 120]))
+    append(logs / "other.txt", timed(START, 20, "auto", [90, 120]))  # not configured
+    store.ingest(logs)
+    records = {r["path"]: r for r in numbered_records(store)}
+    assert records["/slow/0"]["request_time"] == 90.0
+    assert records["/auto/0"]["request_time"] == pytest.approx(90e-6)
+    formats = {c.file: c.log_format for c in store.read(*EVER) if c.records.num_rows}
+    assert formats[str(logs / "slow.log")].name == "*.log"
+    assert formats[str(logs / "other.txt")].name != "*.log"
+
+
+def test_an_older_store_gains_the_format_columns(logs: Path, tmp_path: Path) -> None:
+    """A store made before formats were kept: opened, migrated, and read on."""
+    root = tmp_path / "old"
+    root.mkdir()
+    with closing(sqlite3.connect(root / "manifest.sqlite")) as db:
+        db.execute(  # `contents` as the first stores made it
+            "CREATE TABLE contents (id INTEGER PRIMARY KEY, path TEXT NOT NULL, "
+            "head_len INTEGER NOT NULL, head_hash TEXT NOT NULL, consumed INTEGER NOT NULL, "
+            "lines INTEGER NOT NULL, last_time INTEGER, problem TEXT)"
+        )
+    store = LogStore(root)
+    append(logs / "access.log", combined(START, 5, "x"))
+    store.ingest(logs)
+    with closing(sqlite3.connect(root / "manifest.sqlite")) as db:
+        [(spec,)] = db.execute("SELECT log_format FROM contents").fetchall()
+    assert spec and [c.log_format.name for c in store.read(*EVER) if c.records.num_rows] == [
+        "combined"
+    ]
 
 
 INGEST = """

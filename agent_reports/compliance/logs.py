@@ -99,26 +99,20 @@ def _stored_records(
     folder: Path, start: datetime, end: datetime, stats: ReadStats
 ) -> Iterator[pa.Table]:
     """The window from the log store (core/log_store.py), after ingesting what is new;
-    every file under the folder counts as read."""
+    every file under the folder counts as read. The store yields a chunk per file, with
+    the format the file was read in."""
     store = folder_store(folder)
     stats.files += store.ingest(folder).files_seen
+    for name, log_format in store.file_formats().items():  # files with no line in the window too
+        stats.count(name, 0, 0, log_format)
     for chunk in store.read(start, end, numbered=True):
-        for name, count in _per_file(chunk.records.column("file")):
-            stats.count(name, count, 0, None)
         malformed = chunk.malformed
         broken = pc.starts_with(malformed.column("text"), "<file unreadable")
         for row in malformed.filter(broken).to_pylist():
             stats.broke_off(row["file"], row["line"] - 1, row["text"])
-        for name, count in _per_file(malformed.filter(pc.invert(broken)).column("file")):
-            stats.count(name, 0, count, None)
+        skipped = malformed.num_rows - (pc.sum(broken).as_py() or 0)
+        stats.count(chunk.file, chunk.records.num_rows, skipped, chunk.log_format)
         yield chunk.records
-
-
-def _per_file(files: pa.ChunkedArray) -> list[tuple[str, int]]:
-    counts = pc.value_counts(files)
-    return list(
-        zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True)
-    )
 
 
 def month_records(

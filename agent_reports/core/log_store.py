@@ -47,14 +47,20 @@ from filelock import FileLock, Timeout
 from agent_reports.core.access_logs import (
     MALFORMED_SCHEMA,
     RECORD_SCHEMA,
+    FormatChange,
     LogChunk,
+    LogParser,
+    ParsedBlock,
     line_blocks,
     log_files,
     open_log,
-    parse_blocks,
 )
+from agent_reports.core.log_formats import FormatConfig, LogFormat
 from agent_reports.core.sources import InputError
 
+# Stored records: the parser's columns plus where each line came from.
+FILED_SCHEMA = RECORD_SCHEMA.append(pa.field("file", pa.string()))
+NUMBERED_SCHEMA = FILED_SCHEMA.append(pa.field("line", pa.int64()))
 HEAD_BYTES = 4096  # the first bytes of a content that identify it
 COMMIT_BYTES = 64 * 1024 * 1024  # raw bytes parsed between two commits of one file
 READ_HOURS = 24  # hours per chunk a read yields: fewer, larger tables for the consumer
@@ -63,9 +69,6 @@ MAX_PARTS_PER_HOUR = 8  # more parts than this in an hour are merged into one
 RETIRED_SECONDS = 3600  # merged parts stay on disk this long, for readers still on them
 LOCK_TIMEOUT_SECONDS = 900
 GZIP_MAGIC = b"\x1f\x8b"
-# Parse with an unbounded window: the store keeps every line; reads choose the hours.
-EVER = (datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC))
-_WHITESPACE = np.frombuffer(b"\t\n\r ", dtype=np.uint8)
 NO_HOUR = -1  # the hour of malformed lines with no time at all (a file with no good line)
 
 SCHEMA_SQL = """
@@ -77,7 +80,9 @@ CREATE TABLE IF NOT EXISTS contents (
     consumed INTEGER NOT NULL,   -- bytes of the (gunzipped) stream parsed, whole lines
     lines INTEGER NOT NULL,      -- lines parsed
     last_time INTEGER,           -- time of the last good line, for malformed lines after it
-    problem TEXT                 -- why the last read broke off, if it did
+    problem TEXT,                -- why the last read broke off, if it did
+    log_format TEXT,             -- LogFormat.spec in use at the end of the last read
+    configured TEXT              -- LogFormat.spec configured for it then (NULL: detected)
 );
 CREATE INDEX IF NOT EXISTS contents_head ON contents (head_len, head_hash);
 CREATE TABLE IF NOT EXISTS files (
@@ -99,15 +104,25 @@ CREATE INDEX IF NOT EXISTS parts_committed ON parts (committed_at);
 CREATE TABLE IF NOT EXISTS hour_sources (
     hour INTEGER NOT NULL, content_id INTEGER NOT NULL, PRIMARY KEY (hour, content_id)
 );
+CREATE TABLE IF NOT EXISTS format_changes (
+    content_id INTEGER NOT NULL, file TEXT NOT NULL, line INTEGER NOT NULL,
+    time INTEGER, previous TEXT NOT NULL, new TEXT NOT NULL,
+    PRIMARY KEY (content_id, line)
+);
+CREATE INDEX IF NOT EXISTS format_changes_time ON format_changes (time);
 CREATE TABLE IF NOT EXISTS retired (name TEXT PRIMARY KEY, retired_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
+# Columns added to `contents` since the first stores: added to an older store on open.
+MIGRATIONS = {"log_format": "TEXT", "configured": "TEXT"}
+_SELECT_CONTENT = (
+    "SELECT id, path, head_len, head_hash, consumed, lines, last_time, problem, log_format, "
+    "configured FROM contents "
+)
 _LOAD_BY = {
-    "id": "SELECT id, path, head_len, head_hash, consumed, lines, last_time, problem "
-    "FROM contents WHERE id = ?",
-    "head": "SELECT id, path, head_len, head_hash, consumed, lines, last_time, problem "
-    "FROM contents WHERE head_len = ? AND head_hash = ? ORDER BY consumed DESC LIMIT 1",
+    "id": _SELECT_CONTENT + "WHERE id = ?",
+    "head": _SELECT_CONTENT + "WHERE head_len = ? AND head_hash = ? ORDER BY consumed DESC LIMIT 1",
 }
 
 
@@ -149,6 +164,17 @@ class _Content:
     lines: int
     last_time: int | None
     problem: str | None = None
+    log_format: str | None = None  # LogFormat.spec in use when the last read ended
+    configured: str | None = None  # LogFormat.spec configured for it at that read
+
+    def format_for(self, configured: LogFormat | None) -> LogFormat | None:
+        """The format to read new bytes in: the one in use, unless the configured format
+        changed since (a corrected config applies); else the configured one; else None
+        (detect). So appended lines are not detected again and a change is not re-found."""
+        spec = configured.spec if configured else None
+        if self.log_format and (spec == self.configured or configured is None):
+            return LogFormat.from_spec(self.log_format)
+        return configured
 
 
 def _digest(data: bytes) -> str:
@@ -208,31 +234,22 @@ def _whole_lines(blocks: Iterable[bytes], final: bool) -> Iterator[bytes]:
             yield previous
 
 
-def _blank_lines(block: bytes) -> np.ndarray:
-    """Per line of the block: whether it holds only whitespace (the parser skips those).
-    Only lines that start with whitespace (rare) are looked at closely."""
-    data = np.frombuffer(block, dtype=np.uint8)
-    ends = np.flatnonzero(data == 10) + 1
-    if len(ends) == 0 or ends[-1] != len(block):
-        ends = np.append(ends, len(block))
-    starts = np.concatenate([[0], ends[:-1]])
-    blank = np.zeros(len(starts), dtype=bool)
-    for index in np.flatnonzero(np.isin(data[np.minimum(starts, len(data) - 1)], _WHITESPACE)):
-        blank[index] = not block[starts[index] : ends[index]].strip()
-    return blank
+def _built_formats(rows: Iterable[tuple[str, str | None]]) -> dict[str, LogFormat | None]:
+    """(file, LogFormat.spec) rows as file → format; a later row for a file wins."""
+    specs = dict(rows)
+    built = {spec: LogFormat.from_spec(spec) for spec in set(specs.values()) if spec}
+    return {name: built.get(spec) if spec else None for name, spec in specs.items()}
 
 
-def _record_lines(chunk: LogChunk, block: bytes, first_line: int) -> pa.Array:
-    """Line numbers of the chunk's records: the block's lines less its malformed and blank
-    ones, in order; null if that does not add up (a parser that counts differently)."""
-    candidate = ~_blank_lines(block)
-    relative = chunk.malformed.column("line").to_numpy() - first_line
-    relative = relative[(relative >= 0) & (relative < len(candidate))]
-    candidate[relative] = False
-    numbers = np.flatnonzero(candidate) + first_line
-    if len(numbers) != chunk.records.num_rows:
-        return pa.nulls(chunk.records.num_rows, pa.int64())
-    return pa.array(numbers, pa.int64())
+def _by_file(table: pa.Table) -> dict[str, pa.Table]:
+    """The table's rows by their `file` (in their order)."""
+    if table.num_rows == 0:
+        return {}
+    files = pc.fill_null(table.column("file"), "")
+    names = pc.unique(files).to_pylist()
+    if len(names) == 1:
+        return {names[0]: table}
+    return {name: table.filter(pc.equal(files, name)) for name in names}
 
 
 def _hours_of(times: pa.Array) -> np.ndarray:
@@ -264,6 +281,7 @@ class _HourBuffer:
 
     def __init__(self) -> None:
         self.tables: dict[tuple[str, int], list[pa.Table]] = defaultdict(list)
+        self.changes: list[FormatChange] = []
         self.raw_bytes = 0
 
     def add(self, kind: str, table: pa.Table) -> None:
@@ -289,8 +307,23 @@ class LogStore:
         self.root.mkdir(parents=True, exist_ok=True)
         with closing(self._connect()) as db:
             db.executescript(SCHEMA_SQL)
+            self._migrate(db)
 
     # ------------------------------------------------------------------ plumbing
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        """Add the columns an older store lacks; its contents then have no stored format
+        (the next bytes appended to them are detected, as before)."""
+        present = {row[1] for row in db.execute("PRAGMA table_info(contents)")}
+        for name, kind in MIGRATIONS.items():
+            if name not in present:
+                db.execute(f"ALTER TABLE contents ADD COLUMN {name} {kind}")
+
+    def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        """The rows of one read query, on a connection of its own (readers never wait)."""
+        with closing(self._connect()) as db:
+            return db.execute(sql, args).fetchall()
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.root / "manifest.sqlite", timeout=60, isolation_level=None)
@@ -357,17 +390,26 @@ class LogStore:
 
     def ingest(self, folder: Path) -> IngestSummary:
         """Parse and store what is new in every file under `folder`; one ingest at a time."""
+        from agent_reports.core import settings
+
         summary = IngestSummary()
+        formats = FormatConfig.load(folder, settings.log_format())
         with self._ingest_lock(), closing(self._connect()) as db:
             self._collect_garbage(db)
             for path in log_files(folder):
                 summary.files_seen += 1
-                self._ingest_file(db, path, summary)
+                self._ingest_file(db, path, formats.for_file(path), summary)
             self._merge_small_parts(db, summary.hours)
             self._set_finished(db, True)
         return summary
 
-    def _ingest_file(self, db: sqlite3.Connection, path: Path, summary: IngestSummary) -> None:
+    def _ingest_file(
+        self,
+        db: sqlite3.Connection,
+        path: Path,
+        configured: LogFormat | None,
+        summary: IngestSummary,
+    ) -> None:
         try:
             stat = path.stat()
         except FileNotFoundError:
@@ -393,7 +435,7 @@ class LogStore:
         elif compressed and _gzip_size(path) == content.consumed % 2**32:
             self._record_file(db, path, stat, content.id)  # a compressed copy, read already
             return
-        self._read_content(db, path, stat, content, compressed, head, summary)
+        self._read_content(db, path, stat, content, compressed, head, configured, summary)
 
     def _content_for(
         self,
@@ -463,27 +505,23 @@ class LogStore:
         content: _Content,
         compressed: bool,
         head: bytes,
+        configured: LogFormat | None,
         summary: IngestSummary,
     ) -> None:
-        """Parse the content from its offset, committing every COMMIT_BYTES and at the end."""
+        """Parse the content from its offset, in its format and with its line numbers
+        carried on, committing every COMMIT_BYTES and at the end."""
         summary.files_read += 1
         content.path, content.problem = str(path), None
+        parser = LogParser(path, content.format_for(configured), content.lines + 1)
+        if content.last_time is not None:  # junk first in this read follows the last good line
+            parser.last_time = float(content.last_time)
+        content.configured = configured.spec if configured else None
         buffer = _HourBuffer()
-        start_lines = content.lines
-        blocks: list[bytes] = []
-
-        def tracked(source: Iterable[bytes]) -> Iterator[bytes]:
-            for block in source:
-                blocks.append(block)
-                yield block
-
         try:
             with open_log(path) as stream:
                 _skip(stream, content.consumed, compressed)
-                raw = _whole_lines(line_blocks(stream), final=compressed)
-                for chunk in parse_blocks(tracked(raw), str(path), *EVER):
-                    block = blocks.pop()
-                    self._add_chunk(buffer, chunk, block, content, start_lines)
+                for block in _whole_lines(line_blocks(stream), final=compressed):
+                    self._add_block(buffer, parser.parse(block), block, content, parser)
                     if buffer.raw_bytes >= COMMIT_BYTES:
                         self._commit(db, path, stat, content, head, buffer, summary, done=False)
                         buffer = _HourBuffer()
@@ -493,49 +531,24 @@ class LogStore:
             )
         self._commit(db, path, stat, content, head, buffer, summary, done=True)
 
-    def _add_chunk(
-        self,
-        buffer: _HourBuffer,
-        chunk: LogChunk,
-        block: bytes,
-        content: _Content,
-        start_lines: int,
+    @staticmethod
+    def _add_block(
+        buffer: _HourBuffer, parsed: ParsedBlock, block: bytes, content: _Content, parser: LogParser
     ) -> None:
-        """One parsed block: number its lines from the content's start, place it by hour."""
-        first_line = content.lines + 1
-        malformed = chunk.malformed  # numbered by parse_blocks from this read's start
-        if start_lines:
-            malformed = malformed.set_column(
-                2, "line", pc.add(malformed.column("line"), start_lines)
-            )
-        records = chunk.records
-        lines = _record_lines(LogChunk(records, malformed), block, first_line)
-        records = records.append_column(
-            "file", pa.repeat(pa.scalar(content.path, pa.string()), records.num_rows)
+        """One parsed block: records keep their file and line, placed by hour."""
+        records = parsed.records.append_column(
+            "file", pa.repeat(pa.scalar(content.path, pa.string()), parsed.records.num_rows)
         )
-        records = records.append_column("line", lines)
-        malformed = self._place_leading_malformed(malformed, lines, content.last_time)
+        records = records.append_column("line", pa.array(parsed.record_lines, pa.int64()))
         buffer.add("records", records)
-        buffer.add("malformed", malformed)
+        buffer.add("malformed", parsed.malformed)
+        buffer.changes += parsed.changes
         buffer.raw_bytes += len(block)
         content.consumed += len(block)
-        content.lines = start_lines + chunk.lines_read
+        content.lines = parser.next_line - 1
+        content.log_format = parser.log_format.spec if parser.log_format else None
         if records.num_rows:
             content.last_time = int(records.column("time")[-1].as_py())
-
-    @staticmethod
-    def _place_leading_malformed(
-        malformed: pa.Table, record_lines: pa.Array, last_time: int | None
-    ) -> pa.Table:
-        """Malformed lines before this read's first good line belong with the good line
-        before them, read by an earlier ingest (the parser only sees this read)."""
-        if last_time is None or malformed.num_rows == 0:
-            return malformed
-        first_good = pc.min(record_lines).as_py()
-        lines = malformed.column("line")
-        leading = pc.less(lines, first_good) if first_good is not None else pc.is_valid(lines)
-        times = pc.if_else(leading, pa.scalar(last_time, pa.int64()), malformed.column("time"))
-        return malformed.set_column(0, "time", times)
 
     def _commit(
         self,
@@ -565,7 +578,8 @@ class LogStore:
             )
             db.execute(
                 "UPDATE contents SET path = ?, head_len = ?, head_hash = ?, consumed = ?, "
-                "lines = ?, last_time = ?, problem = ? WHERE id = ?",
+                "lines = ?, last_time = ?, problem = ?, log_format = ?, configured = ? "
+                "WHERE id = ?",
                 (
                     content.path,
                     head_len,
@@ -574,8 +588,14 @@ class LogStore:
                     content.lines,
                     content.last_time,
                     content.problem,
+                    content.log_format,
+                    content.configured,
                     content.id,
                 ),
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO format_changes VALUES (?, ?, ?, ?, ?, ?)",
+                [(content.id, c.file, c.line, c.time, c.previous, c.new) for c in buffer.changes],
             )
             self._record_file(db, path, stat, content.id, done)
         summary.lines += buffer.rows("records") + buffer.rows("malformed")
@@ -627,13 +647,12 @@ class LogStore:
     def _parts(self, lo_hour: int, hi_hour: int) -> list[tuple[int, str, str]]:
         """(hour, kind, name) of the committed parts of hours [lo_hour, hi_hour) and of the
         malformed lines with no time, in hour order: one consistent snapshot."""
-        with closing(self._connect()) as db:
-            rows = db.execute(
-                "SELECT hour, kind, name, committed_at FROM parts WHERE hour >= ? AND hour < ? "
-                "UNION ALL SELECT hour, kind, name, committed_at FROM parts WHERE hour = ? "
-                "ORDER BY hour, committed_at, name",
-                (lo_hour, hi_hour, NO_HOUR),
-            ).fetchall()
+        rows = self._query(
+            "SELECT hour, kind, name, committed_at FROM parts WHERE hour >= ? AND hour < ? "
+            "UNION ALL SELECT hour, kind, name, committed_at FROM parts WHERE hour = ? "
+            "ORDER BY hour, committed_at, name",
+            (lo_hour, hi_hour, NO_HOUR),
+        )
         return [row[:3] for row in rows]
 
     def _problems(self) -> pa.Table:
@@ -651,33 +670,87 @@ class LogStore:
         return [f"{row['file']}: {row['text']}" for row in self._problems().to_pylist()]
 
     def read(self, start: datetime, end: datetime, numbered: bool = False) -> Iterator[LogChunk]:
-        """The stored lines timed in [start, end), in hour order, a chunk per READ_HOURS
-        hours; the malformed lines with no time come first, in every window (as the raw
-        reader did). `numbered`: records keep the `file` and `line` they came from."""
+        """The stored lines timed in [start, end), in hour order: per READ_HOURS hours, one
+        chunk per file, with the file's format and its format changes in the window (as the
+        raw reader's chunks have them); the malformed lines with no time come first, in
+        every window. `numbered`: records keep the `file` and `line` they came from."""
         lo, hi = int(start.timestamp()), int(end.timestamp())
-        schema = RECORD_SCHEMA
-        if numbered:
-            schema = schema.append(pa.field("file", pa.string()))
-            schema = schema.append(pa.field("line", pa.int64()))
+        lo_hour, hi_hour = lo // 3600, -(-hi // 3600)
         by_hour: dict[int, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
-        for hour, kind, name in self._parts(lo // 3600, -(-hi // 3600)):
+        for hour, kind, name in self._parts(lo_hour, hi_hour):
             by_hour[hour][kind].append(name)
+        formats = self._formats(lo_hour, hi_hour)
+        changes: dict[str, list[FormatChange]] = defaultdict(list)
+        for change in self._format_changes(lo, hi):
+            changes[change.file].append(change)
+        schema = NUMBERED_SCHEMA if numbered else FILED_SCHEMA
+        lines_read = 0
+        for records, malformed in self._batches(by_hour, schema, lo, hi):
+            good, bad = _by_file(records), _by_file(malformed)
+            for name in sorted(good.keys() | bad.keys()):
+                kept = good.get(name, schema.empty_table())
+                skipped = bad.get(name, MALFORMED_SCHEMA.empty_table())
+                lines_read += kept.num_rows + skipped.num_rows
+                yield LogChunk(
+                    kept if numbered else kept.drop_columns(["file"]),
+                    skipped,
+                    lines_read,
+                    file=name,
+                    parsed=kept.num_rows,
+                    skipped=skipped.num_rows,
+                    log_format=formats.get(name),
+                    format_changes=tuple(changes.pop(name, ())),
+                )
+
+    def _batches(
+        self, by_hour: dict[int, dict[str, list[str]]], schema: pa.Schema, lo: int, hi: int
+    ) -> Iterator[tuple[pa.Table, pa.Table]]:
+        """(records, malformed) of the lines with no time, then of READ_HOURS hours at a
+        time, each batch read from Parquet only when it is reached."""
         untimed = by_hour.pop(NO_HOUR, {})
-        malformed = pa.concat_tables(
-            [self._problems(), self._window(untimed.get("malformed", []), MALFORMED_SCHEMA)]
+        yield (
+            schema.empty_table(),
+            pa.concat_tables(
+                [self._problems(), self._window(untimed.get("malformed", []), MALFORMED_SCHEMA)]
+            ),
         )
-        lines_read = malformed.num_rows
-        if lines_read:
-            yield LogChunk(schema.empty_table(), malformed, lines_read)
         hours = sorted(by_hour)
         for first in range(0, len(hours), READ_HOURS):
             batch = [by_hour[hour] for hour in hours[first : first + READ_HOURS]]
-            records = self._window([n for h in batch for n in h["records"]], schema, lo, hi)
-            malformed = self._window(
-                [n for h in batch for n in h["malformed"]], MALFORMED_SCHEMA, lo, hi
+            records = [n for h in batch for n in h["records"]]
+            malformed = [n for h in batch for n in h["malformed"]]
+            yield (
+                self._window(records, schema, lo, hi),
+                self._window(malformed, MALFORMED_SCHEMA, lo, hi),
             )
-            lines_read += records.num_rows + malformed.num_rows
-            yield LogChunk(records, malformed, lines_read)
+
+    def _formats(self, lo_hour: int, hi_hour: int) -> dict[str, LogFormat | None]:
+        """The format each file of the window was last read in (files it has lines of)."""
+        rows = self._query(
+            "SELECT path, log_format FROM contents WHERE id IN "
+            "(SELECT content_id FROM hour_sources WHERE hour >= ? AND hour < ? OR hour = ?) "
+            "ORDER BY id",
+            (lo_hour, hi_hour, NO_HOUR),
+        )
+        return _built_formats(rows)
+
+    def file_formats(self) -> dict[str, LogFormat | None]:
+        """The format of every raw file still on disk, by the name its stored lines carry
+        (None: no format fitted it), whether or not a window holds lines of it."""
+        rows = self._query(
+            "SELECT f.path, c.path, c.log_format FROM files f "
+            "JOIN contents c ON c.id = f.content_id ORDER BY c.id"
+        )
+        return _built_formats([(name, spec) for path, name, spec in rows if Path(path).exists()])
+
+    def _format_changes(self, lo: int, hi: int) -> list[FormatChange]:
+        """The format changes found during ingest whose line is timed in [lo, hi)."""
+        rows = self._query(
+            "SELECT file, line, time, previous, new FROM format_changes "
+            "WHERE time >= ? AND time < ? ORDER BY time, file, line",
+            (lo, hi),
+        )
+        return [FormatChange(*row) for row in rows]
 
     def _window(
         self, names: list[str], schema: pa.Schema, lo: int | None = None, hi: int | None = None
