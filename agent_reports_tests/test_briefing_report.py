@@ -116,3 +116,26 @@ def test_briefing_is_emailed_once_per_recipient(
     assert subjects == {f"[agent_reports] Morning briefing — {DAY}"}
     body = messages[0].get_payload()[0].get_payload(decode=True).decode()
     assert "2024-03-11-05:00" in body
+
+
+def test_an_unknown_anomaly_hour_is_never_summarised_as_no_anomalies(tmp_path):
+    """An hour whose logs could not be read is counted and listed, not taken for calm."""
+    from agent_reports.briefing.analysis import briefing_inputs
+    from agent_reports.briefing.prompts import offline_narrative
+
+    first = datetime(2024, 3, 10, 12, tzinfo=UTC)
+    for hour in range(24):
+        severity = "unknown" if hour == 20 else "none"
+        summary = "Unknown: 300 of 300 log lines unreadable" if hour == 20 else "calm"
+        start = first + timedelta(hours=hour)
+        metrics = {"severity": severity}
+        _write(tmp_path, "anomalies", start, timedelta(hours=1), metrics=metrics, summary=summary)
+    inputs = briefing_inputs(tmp_path, as_of(DAY))
+    anomalies = inputs["anomalies"]
+    assert anomalies["by_severity"]["unknown"] == 1 and anomalies["by_severity"]["none"] == 23
+    assert [(h["hour"], h["severity"]) for h in anomalies["worst_hours"]] == [
+        ("2024-03-11-08:00", "unknown")
+    ]
+    narrative = offline_narrative({**inputs, "missing": []})
+    assert "No traffic anomalies" not in narrative.summary
+    assert "unknown 1" in narrative.findings[0].detail

@@ -18,7 +18,7 @@ DELIVERED_AFTER_END = {
     "churn": timedelta(hours=7),
 }
 ANOMALY_HOURS = 24
-SEVERITY_ORDER = ("none", "low", "medium", "high", "critical")
+SEVERITY_ORDER = ("none", "unknown", "low", "medium", "high", "critical")  # unknown: logs unread
 TOP_ANOMALY_HOURS = 5
 
 
