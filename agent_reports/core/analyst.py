@@ -339,6 +339,11 @@ class ReportTimedOut(TimeoutError):
     """The report's total time budget is spent."""
 
 
+class SlowReply(TimeoutError):
+    """The reply was still streaming when its attempt's time was up: the same prompt
+    would be as slow again, so it is not re-sent."""
+
+
 @dataclass(frozen=True)
 class Completion:
     """One streamed reply: its JSON text and what it cost."""
@@ -500,7 +505,7 @@ class OpenAIAnalyst:
                     self.gate.pause(pause)
                 else:
                     time.sleep(min(backoff_seconds(retries), max(deadline - time.monotonic(), 0)))
-            except (openai.APITimeoutError, AttemptTimedOut):
+            except (openai.APITimeoutError, AttemptTimedOut):  # a hang: no reply, or it stopped
                 timeouts += 1
                 if timeouts > 1 or retries >= self.max_retries:
                     raise AttemptTimedOut(timeouts) from None
@@ -563,7 +568,7 @@ class OpenAIAnalyst:
                             arguments.append((call.function and call.function.arguments) or "")
                         finish = choice.finish_reason or finish
                     if time.monotonic() - started > seconds:
-                        raise AttemptTimedOut()
+                        raise SlowReply(seconds, len("".join(content + arguments)))
         except Exception as error:
             if not _never_reached_the_model(error):
                 _estimate(spent, messages, content + arguments)
@@ -589,6 +594,12 @@ class OpenAIAnalyst:
             return (
                 f"the LLM API timed out (no reply within {self.timeout_seconds:g} s, "
                 f"{attempts} attempt{'s' if attempts != 1 else ''})"
+            )
+        if isinstance(error, SlowReply):
+            limit, chars = error.args
+            return (
+                f"the reply was still streaming after {limit:g} s ({chars} characters so far); "
+                "raise AGENT_REPORTS_LLM_TIMEOUT_SECONDS or lower AGENT_REPORTS_LLM_MAX_TOKENS"
             )
         if isinstance(error, ReportTimedOut):
             return f"the report's LLM time budget of {self.report_seconds:g} s is spent"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-import json
 from typing import Any
 
 from pydantic import BaseModel
@@ -35,6 +34,10 @@ _REFUSAL_WORDS = (
 _REFUSAL_STATUSES = {400, 404, 422, 500, 501}
 # Keywords OpenAI's strict mode rejects; the code still checks them after parsing.
 _NOT_STRICT = ("maxLength", "minLength", "title", "default")
+# String lengths a grammar-constrained server (llama.cpp) unrolls into one nested rule per
+# character: a 1,500-character limit gives a grammar it "failed to parse". max_tokens
+# bounds the text there; the code checks the lengths.
+_NOT_GRAMMAR = ("maxLength", "minLength")
 
 
 def mode_for(model: str, setting: str | None) -> str:
@@ -53,28 +56,29 @@ def mode_for(model: str, setting: str | None) -> str:
     return chosen or MODES[0]
 
 
-def json_schema(schema: type[BaseModel], strict: bool = False) -> dict[str, Any]:
-    """The model's JSON Schema; strict: every property required, no extra ones, and only
-    the keywords OpenAI's strict mode takes."""
+def json_schema(
+    schema: type[BaseModel], strict: bool = False, drop: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The model's JSON Schema without the keywords in `drop`; strict: every property
+    required, no extra ones, and only the keywords OpenAI's strict mode takes."""
     document = copy.deepcopy(schema.model_json_schema())
-    if strict:
-        _make_strict(document)
+    _tighten(document, _NOT_STRICT if strict else drop, strict)
     return document
 
 
-def _make_strict(node: Any) -> None:
+def _tighten(node: Any, drop: tuple[str, ...], strict: bool) -> None:
     if isinstance(node, dict):
-        for key in _NOT_STRICT:
+        for key in drop:
             if not isinstance(node.get(key), dict):  # a property *named* "title" stays
                 node.pop(key, None)
-        if node.get("type") == "object" and "properties" in node:
+        if strict and node.get("type") == "object" and "properties" in node:
             node["additionalProperties"] = False
             node["required"] = list(node["properties"])
         for value in node.values():
-            _make_strict(value)
+            _tighten(value, drop, strict)
     elif isinstance(node, list):
         for value in node:
-            _make_strict(value)
+            _tighten(value, drop, strict)
 
 
 def request_options(mode: str, schema: type[BaseModel]) -> dict[str, Any]:
@@ -87,7 +91,8 @@ def request_options(mode: str, schema: type[BaseModel]) -> dict[str, Any]:
         spec = {"name": name, "schema": json_schema(schema)}
         return {"response_format": {"type": "json_schema", "json_schema": spec}}
     if mode == "json_object":
-        return {"response_format": {"type": "json_object", "schema": json_schema(schema)}}
+        grammar = json_schema(schema, drop=_NOT_GRAMMAR)
+        return {"response_format": {"type": "json_object", "schema": grammar}}
     if mode == "tool_call":
         function = {
             "name": TOOL_NAME,
@@ -104,11 +109,30 @@ def request_options(mode: str, schema: type[BaseModel]) -> dict[str, Any]:
 
 
 def schema_in_prompt(mode: str, schema: type[BaseModel]) -> str | None:
-    """The schema as prompt text, for the modes where the server does not hold it."""
+    """The reply's shape as prompt text, for the modes where the server may not hold the
+    schema: a compact skeleton, a tenth of the JSON Schema's tokens (a CPU server reads
+    every one of them before the first token)."""
     if mode not in ("json_object", "prompted"):
         return None
-    text = json.dumps(json_schema(schema), separators=(",", ":"))
-    return f"The reply is one JSON object that matches this JSON Schema:\n{text}"
+    document = json_schema(schema)
+    shape = _shape(document, document.get("$defs", {}))
+    return f"Reply with one JSON object of this shape:\n{shape}"
+
+
+def _shape(node: dict[str, Any], defs: dict[str, Any]) -> str:
+    """`{"summary": string, "findings": [at most 5 {...}]}` for a JSON Schema node."""
+    if "$ref" in node:
+        return _shape(defs[node["$ref"].rsplit("/", 1)[-1]], defs)
+    kind = node.get("type")
+    if kind == "object":
+        fields = ", ".join(
+            f'"{name}": {_shape(value, defs)}' for name, value in node["properties"].items()
+        )
+        return "{" + fields + "}"
+    if kind == "array":
+        limit = f"at most {node['maxItems']} " if "maxItems" in node else ""
+        return f"[{limit}{_shape(node.get('items', {}), defs)}]"
+    return kind or "value"
 
 
 def refuses_mode(status: int, message: str) -> bool:
