@@ -3,14 +3,23 @@ analysis: a refused output mode, hangs, garbage, wrong figures, invented names, 
 """
 
 import json
+import os
 import time
+from collections.abc import Iterator
 
 import pytest
 from dagster import DagsterInstance
 
 from agent_reports.core.budget import TokenBudget
 from agent_reports.definitions import defs
-from agent_reports_tests.conftest import LLMServer
+from agent_reports_tests.conftest import (
+    BIN,
+    LLMServer,
+    free_port,
+    start_process,
+    stop_process,
+    wait_for_port,
+)
 
 DAY, DAY_2 = "2024-03-05", "2024-03-06"
 VALID = {
@@ -136,20 +145,35 @@ def test_a_prompt_that_keeps_timing_out_is_sent_twice_at_most(
     assert "timed out (no reply within 1 s, 2 attempts)" in _record(isolated_dirs)["notes"][0]
 
 
-def test_a_reply_still_streaming_at_the_timeout_is_cut_and_not_sent_again(
-    llm, isolated_dirs, run_partition, monkeypatch
-):
-    """No wait is longer than the 1 s timeout (0.7 s to the first byte, a 0.7 s pause
-    mid-stream), but the reply as a whole is: the same prompt would be as slow again."""
-    monkeypatch.setenv("AGENT_REPORTS_LLM_TIMEOUT_SECONDS", "1")
-    llm.script(
-        {"type": "delay", "seconds": 0.7},
-        {"type": "stream_fault", "kind": "stall", "after_chunks": 2, "stall_seconds": 0.7},
-        {"type": "reply", "text": json.dumps(VALID), "times": None},
+@pytest.fixture(scope="module")
+def trickling_llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LLMServer]:
+    """A second llmock that sends each streamed chunk 250 ms after the previous one."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("llmock-trickle") / "llmock.log"
+    process = start_process(
+        [str(BIN / "llmock"), "serve", "--host", "127.0.0.1", "--port", str(port)],
+        log,
+        env={**os.environ, "LLMOCK_STREAM_CHUNK_DELAY_MS": "250"},
     )
+    try:
+        wait_for_port(port, process)
+        yield LLMServer(port)
+    finally:
+        stop_process(process)
+
+
+def test_a_reply_still_streaming_at_the_timeout_is_cut_and_not_sent_again(
+    trickling_llm, isolated_dirs, run_partition, monkeypatch
+):
+    """Text is still arriving when the 1.5 s are up: the same prompt would be as slow again."""
+    trickling_llm.reset()
+    trickling_llm.use(monkeypatch)
+    monkeypatch.setenv("AGENT_REPORTS_LLM_TIMEOUT_SECONDS", "1.5")
+    trickling_llm.reply_json(VALID)
     result = run_partition("market_job", DAY)
-    assert len(llm.chat_requests()) == 1
-    assert "still streaming after 1 s" in _record(isolated_dirs)["notes"][0]
+    [cut] = trickling_llm.chat_requests()
+    assert cut["completed"] is False
+    assert "still streaming after 1.5 s" in _record(isolated_dirs)["notes"][0]
     assert _metadata(result)["llm_tokens_estimated"] is True
 
 

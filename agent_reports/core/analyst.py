@@ -218,6 +218,7 @@ class AnalystAnswer:
     quality_score: float | None = None  # None: no LLM was asked (the offline analyst)
     output_mode: str | None = None
     llm: dict[str, Any] | None = None  # how the text was written; goes into the report
+    seconds: float = 0.0  # spent asking the model in this run (metadata only)
 
     @property
     def degraded(self) -> bool:
@@ -544,7 +545,8 @@ class OpenAIAnalyst:
         messages = request.messages(mode, self.instructions_in) + feedback
         started = time.monotonic()
         spent = Usage(requests=1)
-        content, arguments, finish = [], [], None
+        reply = StreamedReply(last_chunk_at=started)
+        reached_the_model = True
         try:
             stream = self.client.chat.completions.create(
                 model=self.name,
@@ -557,28 +559,17 @@ class OpenAIAnalyst:
                 **request_options(mode, request.schema),
             )
             with stream:
-                for chunk in stream:
-                    if chunk.usage is not None:
-                        spent.prompt_tokens = chunk.usage.prompt_tokens or 0
-                        spent.completion_tokens = chunk.usage.completion_tokens or 0
-                    for choice in chunk.choices:
-                        delta = choice.delta
-                        content.append(delta.content or "")
-                        for call in delta.tool_calls or ():
-                            arguments.append((call.function and call.function.arguments) or "")
-                        finish = choice.finish_reason or finish
-                    if time.monotonic() - started > seconds:
-                        raise SlowReply(seconds, len("".join(content + arguments)))
+                read_until(stream, reply, started + seconds, seconds)
         except Exception as error:
-            if not _never_reached_the_model(error):
-                _estimate(spent, messages, content + arguments)
+            reached_the_model = bool(reply.pieces) or not _never_reached_the_model(error)
             raise
         finally:
+            spent.prompt_tokens, spent.completion_tokens = reply.prompt_tokens, reply.tokens
+            if reached_the_model:  # estimated when the server did not say (or never could)
+                _estimate(spent, messages, reply.pieces)
             self._spend(request.analysis, spent, usage)
-        if not spent.prompt_tokens and not spent.completion_tokens:
-            _estimate(spent, messages, content + arguments)  # a server that sends no usage
-        text = reply_json_text(mode, "".join(content), "".join(arguments))
-        return Completion(text, spent, finish)
+        text = reply_json_text(mode, "".join(reply.content), "".join(reply.arguments))
+        return Completion(text, spent, reply.finish)
 
     def _spend(self, analysis: str, spent: Usage, usage: Usage) -> None:
         """Count an attempt's tokens, and its cost when known, whatever became of it."""
@@ -611,6 +602,61 @@ class OpenAIAnalyst:
         except Exception:  # only for metadata: a ledger hiccup must not lose the answer
             log.warning("could not read the token spend of %s", analysis)
             return None
+
+
+@dataclass
+class StreamedReply:
+    """What a stream delivered so far."""
+
+    last_chunk_at: float
+    content: list[str] = field(default_factory=list)
+    arguments: list[str] = field(default_factory=list)
+    finish: str | None = None
+    prompt_tokens: int = 0
+    tokens: int = 0
+
+    @property
+    def pieces(self) -> list[str]:
+        return self.content + self.arguments
+
+    def take(self, chunk: Any) -> None:
+        self.last_chunk_at = time.monotonic()
+        if chunk.usage is not None:  # the last chunk, with stream_options.include_usage
+            self.prompt_tokens = chunk.usage.prompt_tokens or 0
+            self.tokens = chunk.usage.completion_tokens or 0
+        for choice in chunk.choices:
+            self.content.append(choice.delta.content or "")
+            for call in choice.delta.tool_calls or ():
+                self.arguments.append((call.function and call.function.arguments) or "")
+            self.finish = choice.finish_reason or self.finish
+
+
+def read_until(stream: Any, reply: StreamedReply, deadline: float, seconds: float) -> None:
+    """Read the stream into `reply`; a watchdog closes it at the deadline, since a server's
+    keep-alive pings would hold a stalled stream open past any read timeout. Raises
+    SlowReply when text was still arriving then (the same prompt would be as slow again)
+    and AttemptTimedOut when the stream had stalled (worth one more try)."""
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        stream.close()
+
+    watchdog = threading.Timer(max(deadline - time.monotonic(), 0.0), expire)
+    watchdog.start()
+    try:
+        for chunk in stream:
+            reply.take(chunk)
+    except Exception:
+        if not expired.is_set():
+            raise
+    finally:
+        watchdog.cancel()
+    if expired.is_set() and reply.finish is None:
+        stalled = time.monotonic() - reply.last_chunk_at > seconds / 2
+        if "".join(reply.pieces) and not stalled:
+            raise SlowReply(seconds, len("".join(reply.pieces)))
+        raise AttemptTimedOut()
 
 
 def retry_messages(reply: str, problem: str) -> list[dict[str, str]]:
@@ -747,6 +793,7 @@ class CachedAnalyst:
             answer.llm = {key: stored.get(key) for key in LLM_RECORD_KEYS} if stored else None
             answer.quality_score = (answer.llm or {}).get("quality_score")
             return answer
+        started = time.monotonic()
         try:
             answer = self.inner.answer(request)
         except Exception as error:
@@ -758,7 +805,10 @@ class CachedAnalyst:
                     "analysis is set to fail rather than degrade (AnalystResource "
                     "degrade_on_failure / AGENT_REPORTS_FAIL_ON_LLM_ERROR)"
                 ) from None
-            return self._degraded(request, failure)
+            degraded = self._degraded(request, failure)
+            degraded.seconds = round(time.monotonic() - started, 3)
+            return degraded
+        answer.seconds = round(time.monotonic() - started, 3)
         answer.llm = answer.llm_record(self.inner.name)
         self.cache.put(
             key,

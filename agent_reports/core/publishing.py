@@ -97,6 +97,7 @@ def report_metadata(report: Report, answer: AnalystAnswer, paths: dict[str, Path
         "llm_completion_tokens": answer.usage.completion_tokens,
         "llm_cost_usd": cost_metadata(answer),
         "llm_tokens_estimated": answer.usage.estimated,
+        "llm_seconds": MetadataValue.float(answer.seconds),
         **(
             {"llm_quality_score": MetadataValue.float(answer.quality_score)}
             if answer.quality_score is not None
