@@ -139,3 +139,28 @@ def test_prices_known_configured_or_unknown():
     assert free.cost(10, 10) == 0.0 and free.source == "configured"
     with pytest.raises(ValueError, match="two numbers"):
         parse_prices("cheap")
+
+
+def test_the_audit_sums_cost_per_analysis_and_lists_low_scoring_windows():
+    from agent_reports.compliance.analysis import Materialization, llm_quality_and_cost
+    from agent_reports.core.quality import LOW_SCORE
+
+    mats = [
+        Materialization("market", "2024-03-04", 1.0, "r1", quality_score=1.0, cost_usd=0.002),
+        Materialization("market", "2024-03-05", 2.0, "r2", quality_score=0.5, cost_usd=0.003),
+        Materialization("market", "2024-03-05", 3.0, "r3", quality_score=1.0, cost_usd=0.001),
+        Materialization(
+            "churn", "2024-03-04", 4.0, "r4", True, quality_score=0.2, cost_usd="unknown"
+        ),
+        Materialization("briefing", "2024-03-05", 5.0, "r5"),  # offline: no score, no cost
+    ]
+    summary = llm_quality_and_cost(mats, LOW_SCORE)
+    assert summary["cost_per_analysis"] == {
+        "market": {"reports": 3, "cost_usd": 0.006, "unknown_cost": 0},
+        "churn": {"reports": 1, "cost_usd": 0.0, "unknown_cost": 1},
+        "briefing": {"reports": 1, "cost_usd": 0.0, "unknown_cost": 0},
+    }
+    # market 2024-03-05 was re-run with a better answer: only its latest report counts.
+    assert summary["low_quality_windows"] == [
+        {"analysis": "churn", "window": "2024-03-04", "quality_score": 0.2}
+    ]

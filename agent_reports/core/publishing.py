@@ -191,15 +191,22 @@ def report_quality_check(
             problems.append(f"{key}: empty summary")
         if record["degraded"]:
             problems.append(f"{key}: degraded to the offline template")
-        score = (record.get("llm") or {}).get("quality_score")
-        if score is not None and score < LOW_SCORE:
-            problems.append(f"{key}: quality score {score:g} (below {LOW_SCORE:g})")
+        if low := low_quality(record.get("llm")):
+            problems.append(f"{key}: {low}")
         problems += [f"{key}: {problem}" for problem in (more_problems or _none)(record)]
     return AssetCheckResult(
         passed=not problems,
         severity=AssetCheckSeverity.WARN,
         metadata={"problems": json.dumps(problems[:20])},
     )
+
+
+def low_quality(llm: dict | None) -> str | None:
+    """The problem a report's quality score below LOW_SCORE makes, if any (quality.py)."""
+    score = (llm or {}).get("quality_score")
+    if score is None or score >= LOW_SCORE:
+        return None
+    return f"quality score {score:g} (below {LOW_SCORE:g})"
 
 
 def _none(_record: dict) -> list[str]:
