@@ -20,6 +20,7 @@ from agent_reports_tests.conftest import (
     stop_process,
     wait_for_port,
 )
+from agent_reports_tests.test_llm_faults import _metadata, _record
 
 DAY, DAY_2 = "2024-03-05", "2024-03-06"
 VALID = {
@@ -47,19 +48,6 @@ def llm(llm_server: LLMServer, monkeypatch: pytest.MonkeyPatch) -> LLMServer:
     ):
         monkeypatch.delenv(name, raising=False)
     return llm_server
-
-
-def _record(isolated_dirs, day: str = DAY) -> dict:
-    return json.loads((isolated_dirs / "reports" / "market" / f"{day}.json").read_text())
-
-
-def _metadata(result, day: str = DAY) -> dict:
-    [event] = [
-        e
-        for e in result.get_asset_materialization_events()
-        if e.asset_key.to_user_string() == "market_report" and e.partition == day
-    ]
-    return {k: v.value for k, v in event.event_specific_data.materialization.metadata.items()}
 
 
 def _quality_check(result):

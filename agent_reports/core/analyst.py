@@ -7,10 +7,16 @@ which keys every answer by the fingerprint of (model, prompt version, inputs): t
 inputs give the same answer from disk, byte for byte, with no second request. Temperature
 0 is not deterministic, so the cache, not the model, is what makes a re-run repeatable.
 
-When the model fails (an outage, a hang, replies that stay invalid, a spent monthly token
-budget, see budget.py) the answer is the offline template flagged as degraded, or, for an
-analysis set to fail rather than degrade, an `AnalystError`. A 429 pauses every request of
-the analyst, not only the one that met it (`RateLimitGate`).
+Every request goes through `OpenAIAnalyst._stream` (streamed, `max_tokens`, usage in the
+stream, a watchdog at the attempt's deadline); the output mode (output_modes.py) falls
+back when a server refuses it; a reply must pass the schema, the analysis' check and the
+quality gate (quality.py), else it is asked for again with the reason. Costs come from
+prices.py; spend is checked and recorded in budget.py (tokens and USD).
+
+When the model fails (an outage, a hang, replies that stay invalid, a spent monthly
+budget, the report's time budget) the answer is the offline template flagged as degraded,
+or, for an analysis set to fail rather than degrade, an `AnalystError`. A 429 pauses every
+request of the analyst, not only the one that met it (`RateLimitGate`).
 """
 
 from __future__ import annotations
@@ -589,7 +595,7 @@ class OpenAIAnalyst:
         if isinstance(error, SlowReply):
             limit, chars = error.args
             return (
-                f"the reply was still streaming after {limit:g} s ({chars} characters so far); "
+                f"the reply was still streaming after {limit:.3g} s ({chars} characters so far); "
                 "raise AGENT_REPORTS_LLM_TIMEOUT_SECONDS or lower AGENT_REPORTS_LLM_MAX_TOKENS"
             )
         if isinstance(error, ReportTimedOut):
@@ -831,5 +837,6 @@ class CachedAnalyst:
         fallback.tokens_month_to_date = failure.tokens_month_to_date
         fallback.quality_score = failure.quality_score
         fallback.cost_usd = failure.cost_usd
+        fallback.output_mode = getattr(self.inner, "mode", None)  # the mode that was tried
         fallback.llm = fallback.llm_record(self.inner.name)
         return fallback

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -61,21 +62,16 @@ def default_budget_url() -> str:
     return settings.database_url("llm_budget.sqlite")
 
 
-def limits_from_env(analyses: Iterable[str] = settings.ANALYSES) -> dict[str, int]:
-    """The analyses with a limit of their own, in tokens per month; a bad value fails loudly."""
+def limits_from_env(
+    analyses: Iterable[str] = settings.ANALYSES,
+    prefix: str = "AGENT_REPORTS_TOKEN_BUDGET",
+    read: Callable[[str], float | None] | None = None,
+) -> dict[str, Any]:
+    """The analyses with a limit of their own, `<prefix>_<ANALYSIS>` (tokens by default, or
+    USD with `read=_usd_amount`); a bad value fails loudly."""
     limits = {}
     for analysis in analyses:
-        own = _token_count(f"AGENT_REPORTS_TOKEN_BUDGET_{analysis.upper()}")
-        if own is not None:
-            limits[analysis] = own
-    return limits
-
-
-def usd_limits_from_env(analyses: Iterable[str] = settings.ANALYSES) -> dict[str, float]:
-    """The analyses with a USD limit of their own, per month."""
-    limits = {}
-    for analysis in analyses:
-        own = _usd_amount(f"AGENT_REPORTS_USD_BUDGET_{analysis.upper()}")
+        own = (read or _token_count)(f"{prefix}_{analysis.upper()}")
         if own is not None:
             limits[analysis] = own
     return limits
@@ -143,7 +139,7 @@ class TokenBudget:
             url,
             limits_from_env(),
             _token_count("AGENT_REPORTS_TOKEN_BUDGET"),
-            usd_limits=usd_limits_from_env(),
+            usd_limits=limits_from_env(prefix="AGENT_REPORTS_USD_BUDGET", read=_usd_amount),
             default_usd_limit=_usd_amount("AGENT_REPORTS_USD_BUDGET"),
         )
 
