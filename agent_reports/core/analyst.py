@@ -507,9 +507,8 @@ class OpenAIAnalyst:
                     status in RETRYABLE_STATUSES or status >= 500
                 ):
                     raise
-                pause = retry_pause_seconds(error.response.headers, retries)
-                if status == 429:
-                    self.gate.pause(pause)
+                if status == 429:  # every thread waits, honouring Retry-After
+                    self.gate.pause(retry_pause_seconds(error.response.headers, retries))
                 else:
                     time.sleep(min(backoff_seconds(retries), max(deadline - time.monotonic(), 0)))
             except (openai.APITimeoutError, AttemptTimedOut):  # a hang: no reply, or it stopped
