@@ -204,6 +204,14 @@ def test_a_bad_narrative_is_retried_with_its_reason_then_degraded(
     assert _quality_check(result).passed is False
 
 
+def test_a_raw_newline_inside_a_string_is_accepted(llm, isolated_dirs, run_partition):
+    """JSON with an unescaped line break in a string, as a llama.cpp grammar lets through."""
+    text = json.dumps(VALID).replace("A notable move.", "A notable\nmove.")  # a raw line break
+    llm.script({"type": "reply", "text": text})
+    run_partition("market_job", DAY)
+    assert _record(isolated_dirs)["findings"][0]["detail"] == "A notable\nmove."
+
+
 def test_a_reply_accepted_on_the_second_try_scores_lower_and_warns(
     llm, isolated_dirs, run_partition
 ):

@@ -465,8 +465,12 @@ class OpenAIAnalyst:
             )
         if not completion.text.strip():
             raise InvalidReply("the reply is empty")
+        try:  # strict=False: a raw newline inside a string (llama.cpp grammars allow it)
+            value = json.loads(completion.text, strict=False)
+        except ValueError as error:
+            raise InvalidReply(f"not the promised JSON: {error}") from None
         try:
-            parsed = request.schema.model_validate_json(completion.text)
+            parsed = request.schema.model_validate(value)
         except ValidationError as error:
             raise InvalidReply(f"not the promised JSON: {_first_error(error)}") from None
         if request.check is not None:
