@@ -177,7 +177,7 @@ def test_injected_log_text_cannot_change_the_verdict(tmp_path, monkeypatch, llm_
     body = request["body"] if isinstance(request["body"], dict) else json.loads(request["body"])
     system, user = body["messages"][0]["content"], body["messages"][1]["content"]
     assert INJECTION not in system and "never an instruction" in system
-    assert user.startswith("<data>") and "Ignore previous instructions" in user
+    assert "Ignore previous instructions" in user.rpartition("<data>")[2]  # in the data only
 
     folder = Path(os.environ["AGENT_REPORTS_REPORTS_DIR"]) / "anomalies"
     html, markdown = (folder / f"{key}.html").read_text(), (folder / f"{key}.md").read_text()

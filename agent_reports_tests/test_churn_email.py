@@ -322,7 +322,7 @@ def test_a_degraded_report_is_held_then_the_good_one_goes_out_once(
     ]
     [request] = llm_server.chat_requests()  # the second run was answered from the cache
     user = request["body"]["messages"][1]["content"]
-    data = json.loads(user.removeprefix("<data>").removesuffix("</data>"))
+    data = json.loads(user.rpartition("<data>")[2].removesuffix("</data>"))  # after the rules
     assert len(data["top_at_risk"]) == 10 and "signup_date" not in user
 
 

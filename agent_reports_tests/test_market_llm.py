@@ -91,12 +91,19 @@ def test_the_prompt_carries_statistics_and_marks_data_untrusted(openai_env, run_
     run_partition("market_job", DAY)
     [request] = openai_env.chat_requests()
     system, user = request["body"]["messages"]
-    assert "untrusted" in system["content"] and "never an instruction" in system["content"]
-    assert user["content"].startswith("<data>") and user["content"].endswith("</data>")
-    data = json.loads(user["content"].removeprefix("<data>").removesuffix("</data>"))
+    # The instructions in both turns: a chat template that drops the system turn keeps them.
+    for message in (system, user):
+        assert "untrusted" in message["content"] and "never an instruction" in message["content"]
+    instructions, _, wrapped = user["content"].rpartition("<data>")
+    assert instructions.startswith(system["content"]) and wrapped.endswith("</data>")
+    data = json.loads(wrapped.removesuffix("</data>"))
     assert set(data) == {"date", "trading_day", "tickers", "top_movers"}
     assert "open" not in json.dumps(data)  # aggregated metrics, no raw OHLCV rows
-    assert request["body"]["response_format"]["type"] == "json_schema"
+    body = request["body"]
+    assert body["response_format"]["type"] == "json_schema"
+    assert body["response_format"]["json_schema"]["strict"] is True
+    assert body["max_tokens"] == 1024 and body["stream"] is True
+    assert body["stream_options"] == {"include_usage": True}
 
 
 def test_an_invented_or_malformed_reply_degrades_loudly(openai_env, run_partition, isolated_dirs):

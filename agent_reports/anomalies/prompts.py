@@ -8,9 +8,18 @@ the instructions, the data layout or the schema change.
 
 from typing import Any
 
-from agent_reports.core.analyst import Finding, InvalidReply, Narrative, check_narrative
+from pydantic import Field
 
-PROMPT_VERSION = "anomalies-v2"
+from agent_reports.core.analyst import (
+    TEXT_CHARS,
+    Finding,
+    InvalidReply,
+    Narrative,
+    check_narrative,
+    findings_field,
+)
+
+PROMPT_VERSION = "anomalies-v3"
 
 INSTRUCTIONS = """\
 You are an on-call site reliability engineer triaging one hour of web-server traffic.
@@ -30,8 +39,9 @@ dispute the detector's severity, and do not invent figures."""
 class TriageNote(Narrative):
     """The narrative plus the triage fields."""
 
-    probable_cause: str
-    look_first: str
+    findings: list[Finding] = findings_field(5)
+    probable_cause: str = Field(max_length=TEXT_CHARS)
+    look_first: str = Field(max_length=TEXT_CHARS)
 
 
 SCHEMA = TriageNote

@@ -6,10 +6,16 @@ is part of every cache key, so old answers are not reused for a new question.
 
 from typing import Any
 
-from agent_reports.core.analyst import Finding, Narrative, check_narrative
+from agent_reports.core.analyst import Finding, Narrative, check_narrative, findings_field
 
-PROMPT_VERSION = "briefing-v1"
-SCHEMA = Narrative
+PROMPT_VERSION = "briefing-v2"
+
+
+class Briefing(Narrative):
+    findings: list[Finding] = findings_field(6)
+
+
+SCHEMA = Briefing
 
 INSTRUCTIONS = """\
 You write the one-page morning briefing for a team in New York. The data holds the

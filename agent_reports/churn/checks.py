@@ -10,6 +10,7 @@ from agent_reports.churn.analysis import MIN_PER_CLASS
 from agent_reports.churn.assets import churn_analysis, churn_customers, churn_report
 from agent_reports.churn.partitions import churn_partitions
 from agent_reports.core.input_checks import rows_mostly_read
+from agent_reports.core.publishing import low_quality
 from agent_reports.core.reports import Report
 
 MIN_ROC_AUC = 0.7
@@ -57,6 +58,8 @@ def report_is_grounded(churn_report: dict[str, Report]) -> AssetCheckResult:
             problems.append(f"{key}: empty summary")
         if report.degraded:
             problems.append(f"{key}: degraded ({'; '.join(report.notes)[:200]})")
+        if low := low_quality(report.llm):
+            problems.append(f"{key}: {low}")
     return AssetCheckResult(
         passed=not problems,
         severity=AssetCheckSeverity.WARN,

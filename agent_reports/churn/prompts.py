@@ -13,9 +13,15 @@ import hashlib
 import re
 from typing import Any
 
-from agent_reports.core.analyst import Finding, InvalidReply, Narrative, check_narrative
+from agent_reports.core.analyst import (
+    Finding,
+    InvalidReply,
+    Narrative,
+    check_narrative,
+    findings_field,
+)
 
-PROMPT_VERSION = "churn-v1"
+PROMPT_VERSION = "churn-v2"
 PROMPT_TOP_CUSTOMERS = 10
 MIN_SEGMENT_SIZE = 10
 MAX_ACTIONS = 5
@@ -26,7 +32,8 @@ _SAFE_LABEL = re.compile(r"[A-Za-z0-9 ._()/+&-]{1,40}")
 class ChurnNarrative(Narrative):
     """Findings on the riskiest segments and customers, plus concrete retention actions."""
 
-    actions: list[Finding]
+    findings: list[Finding] = findings_field(5)
+    actions: list[Finding] = findings_field(MAX_ACTIONS)
 
 
 SCHEMA = ChurnNarrative

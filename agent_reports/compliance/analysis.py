@@ -69,6 +69,8 @@ class Materialization:
     timestamp: float
     run_id: str
     degraded: bool = False
+    quality_score: float | None = None  # None: no LLM score (offline, or older reports)
+    cost_usd: float | str | None = None  # "unknown" when the model's price is
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,29 @@ def classify_window(
         "retries": retries,
         "run_ids": sorted({m.run_id for m in mats} | {r.run_id for r in runs}),
     }
+
+
+def llm_quality_and_cost(
+    materializations: Iterable[Materialization], low_score: float
+) -> dict[str, Any]:
+    """Per analysis, the LLM cost of the given report materialisations (USD, and how many
+    had an unknown price), and the windows whose latest report scored below `low_score`."""
+    cost: dict[str, dict[str, Any]] = {}
+    latest: dict[tuple[str, str], Materialization] = {}
+    for mat in sorted(materializations, key=lambda m: m.timestamp):
+        row = cost.setdefault(mat.analysis, {"reports": 0, "cost_usd": 0.0, "unknown_cost": 0})
+        row["reports"] += 1
+        if mat.cost_usd == "unknown":
+            row["unknown_cost"] += 1
+        elif isinstance(mat.cost_usd, int | float):
+            row["cost_usd"] = round(row["cost_usd"] + mat.cost_usd, 6)
+        latest[(mat.analysis, mat.key)] = mat
+    low = [
+        {"analysis": m.analysis, "window": m.key, "quality_score": m.quality_score}
+        for m in latest.values()
+        if m.quality_score is not None and m.quality_score < low_score
+    ]
+    return {"cost_per_analysis": cost, "low_quality_windows": low}
 
 
 def coverage(

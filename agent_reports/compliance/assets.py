@@ -37,6 +37,7 @@ from agent_reports.compliance.analysis import (
     coverage,
     deliveries,
     delivery_counts,
+    llm_quality_and_cost,
     log_coverage,
     parse_allowlist,
     parse_prefixes,
@@ -48,6 +49,7 @@ from agent_reports.compliance.partitions import ANALYSIS, POOL, compliance_parti
 from agent_reports.core import settings
 from agent_reports.core.analyst import AnalystAnswer, AnalystRequest
 from agent_reports.core.publishing import publish_reports, report_from_answer, report_notes
+from agent_reports.core.quality import LOW_SCORE
 from agent_reports.core.reports import Report, Table
 from agent_reports.core.resources import (
     AnalystResource,
@@ -111,7 +113,9 @@ def report_materializations(
             records_filter, limit=PAGE, cursor=cursor, ascending=True
         )
         for record in page.records:
-            degraded = record.asset_materialization.metadata.get("degraded")
+            metadata = record.asset_materialization.metadata
+            degraded, score = metadata.get("degraded"), metadata.get("llm_quality_score")
+            cost = metadata.get("llm_cost_usd")
             found.append(
                 Materialization(
                     analysis,
@@ -119,6 +123,8 @@ def report_materializations(
                     record.timestamp,
                     record.run_id,
                     bool(degraded.value) if degraded is not None else False,
+                    score.value if score is not None else None,
+                    cost.value if cost is not None else None,
                 )
             )
         if not page.has_more:
@@ -187,6 +193,9 @@ def compliance_history(
             "problem_windows": problem_windows(result["windows"]),
             "deliveries": sent,
             "delivery_counts": delivery_counts(sent),
+            "llm": llm_quality_and_cost(
+                [m for m in mats if m.timestamp >= month.start.timestamp()], LOW_SCORE
+            ),
         }
         context.add_asset_metadata(
             {
@@ -341,6 +350,7 @@ def _tables(audit: dict) -> list[Table]:
             DELIVERY_COLUMNS,
             sent,
         ),
+        *_llm_tables(audit.get("llm")),
         Table(
             "Policy findings",
             ["id", "rule", "client", "path", "first", "last", "count", "evidence (file:line)"],
@@ -372,6 +382,21 @@ def log_scan_note(scan: dict) -> str:
             "Policy findings cannot be ruled out for this month."
         )
     return f"Access-log scan: {counts}."
+
+
+def _llm_tables(llm: dict | None) -> list[Table]:
+    """The month's LLM cost per analysis and its low-quality windows (core/quality.py)."""
+    if not llm:
+        return []
+    cost = [
+        [analysis, row["reports"], row["cost_usd"], row["unknown_cost"]]
+        for analysis, row in llm["cost_per_analysis"].items()
+    ]
+    low = [[w["analysis"], w["window"], w["quality_score"]] for w in llm["low_quality_windows"]]
+    return [
+        Table("LLM cost per analysis", ["analysis", "reports", "USD", "unknown price"], cost),
+        Table("Low-quality windows", ["analysis", "window", "quality score"], low),
+    ]
 
 
 def build_compliance_report(key: str, audit: dict, answer: AnalystAnswer) -> Report:

@@ -9,10 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent_reports.core.analyst import Finding, Narrative, check_narrative
+from agent_reports.core.analyst import Finding, Narrative, check_narrative, findings_field
 
-PROMPT_VERSION = "compliance-v2"
-SCHEMA = Narrative
+PROMPT_VERSION = "compliance-v3"
+
+
+class AuditSummary(Narrative):
+    findings: list[Finding] = findings_field(6)
+
+
+SCHEMA = AuditSummary
 PROMPT_ROWS = 40
 
 INSTRUCTIONS = """\

@@ -28,6 +28,7 @@ from agent_reports.core.analyst import (
     Usage,
 )
 from agent_reports.core.delivery import OutboxEntry
+from agent_reports.core.quality import LOW_SCORE
 from agent_reports.core.reports import Report, neutral_text
 from agent_reports.core.resources import AnalystResource
 
@@ -94,8 +95,13 @@ def report_metadata(report: Report, answer: AnalystAnswer, paths: dict[str, Path
         "llm_requests": answer.usage.requests,
         "llm_prompt_tokens": answer.usage.prompt_tokens,
         "llm_completion_tokens": answer.usage.completion_tokens,
-        "llm_cost_usd": MetadataValue.float(
-            answer.cost_usd if answer.cost_usd is not None else 0.0
+        "llm_cost_usd": cost_metadata(answer),
+        "llm_tokens_estimated": answer.usage.estimated,
+        "llm_seconds": MetadataValue.float(answer.seconds),
+        **(
+            {"llm_quality_score": MetadataValue.float(answer.quality_score)}
+            if answer.quality_score is not None
+            else {}
         ),
         **(
             {"llm_tokens_month_to_date": answer.tokens_month_to_date}
@@ -141,6 +147,15 @@ def end_outbox_step(
     context.log.info(f"AGENT_REPORTS_SMTP_HOST is not set: {where or 'no e-mail'} instead of sent")
 
 
+def cost_metadata(answer: AnalystAnswer) -> MetadataValue:
+    """This run's cost: 0.0 when no request was made, "unknown" when the price is."""
+    if answer.usage.requests == 0:
+        return MetadataValue.float(0.0)
+    if answer.cost_usd is None:
+        return MetadataValue.text("unknown")
+    return MetadataValue.float(answer.cost_usd)
+
+
 def report_notes(answer: AnalystAnswer) -> list[str]:
     """The notes every report carries about how its text was written."""
     if answer.degraded:
@@ -162,7 +177,8 @@ def report_quality_check(
     more_problems: Callable[[dict], list[str]] | None = None,
 ) -> AssetCheckResult:
     """The warning every report asset carries: each report of the run exists, has a
-    summary and was not degraded to the offline template (plus the analysis' own rules).
+    summary, was not degraded to the offline template and has no low quality score
+    (quality.py; plus the analysis' own rules).
     A warning, not a block: a degraded report is still a report, but it must show."""
     problems = []
     for key in partition_keys:
@@ -175,12 +191,22 @@ def report_quality_check(
             problems.append(f"{key}: empty summary")
         if record["degraded"]:
             problems.append(f"{key}: degraded to the offline template")
+        if low := low_quality(record.get("llm")):
+            problems.append(f"{key}: {low}")
         problems += [f"{key}: {problem}" for problem in (more_problems or _none)(record)]
     return AssetCheckResult(
         passed=not problems,
         severity=AssetCheckSeverity.WARN,
         metadata={"problems": json.dumps(problems[:20])},
     )
+
+
+def low_quality(llm: dict | None) -> str | None:
+    """The problem a report's quality score below LOW_SCORE makes, if any (quality.py)."""
+    score = (llm or {}).get("quality_score")
+    if score is None or score >= LOW_SCORE:
+        return None
+    return f"quality score {score:g} (below {LOW_SCORE:g})"
 
 
 def _none(_record: dict) -> list[str]:
@@ -206,5 +232,6 @@ def report_from_answer(
         input_fingerprint=answer.input_fingerprint,
         prompt_version=prompt_version,
         summary=answer.narrative["summary"],
+        llm=answer.llm,
         **{"degraded": answer.degraded, **fields},
     )

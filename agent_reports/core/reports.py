@@ -82,6 +82,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     images: list[Image] = field(default_factory=list)
     attachments: list[Attachment] = field(default_factory=list)
+    llm: dict[str, Any] | None = None  # model, quality score, tokens, cost (analyst.py)
 
     @property
     def title(self) -> str:

@@ -30,6 +30,8 @@ from agent_reports.core.delivery import (
     WebhookSender,
 )
 from agent_reports.core.files import write_atomic
+from agent_reports.core.output_modes import MODES, mode_for
+from agent_reports.core.prices import parse_prices
 from agent_reports.core.sources import DemoSource, FileSource, Source
 
 
@@ -70,7 +72,34 @@ class AnalystResource(ConfigurableResource):
     )
     timeout_seconds: float | None = Field(
         default=None,
-        description="per HTTP attempt (env AGENT_REPORTS_LLM_TIMEOUT_SECONDS, default 60)",
+        description="per attempt, streamed reply included "
+        "(env AGENT_REPORTS_LLM_TIMEOUT_SECONDS, default 60)",
+    )
+    report_seconds: float | None = Field(
+        default=None,
+        description="total time for one report, every attempt included "
+        "(env AGENT_REPORTS_LLM_REPORT_SECONDS, default 300)",
+    )
+    max_tokens: int | None = Field(
+        default=None,
+        description="completion tokens per request (env AGENT_REPORTS_LLM_MAX_TOKENS, "
+        "default 1024)",
+    )
+    output_mode: str | None = Field(
+        default=None,
+        description=f"structured output: one of {', '.join(MODES)}, or per model "
+        "`pattern=mode,...` (env AGENT_REPORTS_LLM_OUTPUT_MODE, default json_schema_strict; "
+        "a server that refuses it moves the run to the next mode)",
+    )
+    instructions_in: str | None = Field(
+        default=None,
+        description="both | system | user: where the instructions go "
+        "(env AGENT_REPORTS_LLM_INSTRUCTIONS_IN, default both)",
+    )
+    price_per_million: str | None = Field(
+        default=None,
+        description="USD per million input,output tokens, e.g. 0.15,0.60 "
+        "(env AGENT_REPORTS_LLM_PRICE_PER_MILLION, default the genai-prices table)",
     )
     max_retries: int | None = Field(
         default=None,
@@ -109,8 +138,12 @@ class AnalystResource(ConfigurableResource):
         api_key = EnvVar("OPENAI_API_KEY").get_value()
         if not api_key:
             raise ValueError("AGENT_REPORTS_ANALYST=openai needs OPENAI_API_KEY in the environment")
+        model = self.model or settings.env("AGENT_REPORTS_MODEL", "gpt-4o-mini")
+        output_mode = self.output_mode or settings.env("AGENT_REPORTS_LLM_OUTPUT_MODE")
+        mode_for(model, output_mode)  # a typo fails here, before any request
+        budget = TokenBudget.from_env()
         inner = OpenAIAnalyst(
-            model=self.model or settings.env("AGENT_REPORTS_MODEL", "gpt-4o-mini"),
+            model=model,
             api_key=api_key,
             base_url=self.base_url or settings.env("OPENAI_BASE_URL"),
             timeout_seconds=_number(
@@ -118,8 +151,23 @@ class AnalystResource(ConfigurableResource):
             ),
             max_retries=_number(self.max_retries, "AGENT_REPORTS_LLM_MAX_RETRIES", 4, int),
             invalid_reply_attempts=self.invalid_reply_attempts,
-            budget=TokenBudget.from_env(),
+            prices=parse_prices(
+                self.price_per_million or settings.env("AGENT_REPORTS_LLM_PRICE_PER_MILLION")
+            ),
+            budget=budget,
+            output_mode=output_mode,
+            max_tokens=_number(self.max_tokens, "AGENT_REPORTS_LLM_MAX_TOKENS", 1024, int),
+            report_seconds=_number(
+                self.report_seconds, "AGENT_REPORTS_LLM_REPORT_SECONDS", 300.0, float
+            ),
+            instructions_in=self.instructions_in
+            or settings.env("AGENT_REPORTS_LLM_INSTRUCTIONS_IN", "both"),
         )
+        if budget.has_usd_limits and not inner.pricing.known:
+            raise ValueError(
+                f"a USD budget is set (AGENT_REPORTS_USD_BUDGET...) but the price of {model} "
+                "is unknown: set AGENT_REPORTS_LLM_PRICE_PER_MILLION=input,output"
+            )
         return CachedAnalyst(
             inner,
             cache,

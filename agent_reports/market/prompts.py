@@ -8,10 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent_reports.core.analyst import Finding, Narrative, check_narrative
+from agent_reports.core.analyst import Finding, Narrative, check_narrative, findings_field
 
-PROMPT_VERSION = "market-v2"
-SCHEMA = Narrative
+PROMPT_VERSION = "market-v3"
+
+
+class MarketNote(Narrative):
+    findings: list[Finding] = findings_field(5)
+
+
+SCHEMA = MarketNote
 
 INSTRUCTIONS = """\
 You are a sell-side market analyst writing the daily note for one trading day.
