@@ -201,7 +201,8 @@ def test_a_waiter_that_gives_up_names_the_holder(isolated_dirs: Path) -> None:
     with pytest.raises(RunLockTimeout, match=r"'market' is held by run run-a \(pid \d+"):
         acquire(second, _holder("run-b"), timeout=1, on_wait=lambda holder: None, poll=0.1)
     first.release()
-    assert acquire(second, _holder("run-b"), timeout=1, on_wait=print) < 1
+    taken, waited = acquire(second, _holder("run-b"), timeout=1, on_wait=print)
+    assert waited < 1 and taken.run_id == "run-b" and taken.since != _holder("run-b").since
     second.release()
 
 
@@ -239,7 +240,7 @@ def test_postgres_restart_does_not_hand_over_a_live_holders_lock(
 
     done = threading.Event()
     threading.Timer(2, lambda: (holder.release(), done.set())).start()
-    waited = acquire(waiter, _holder("run-b"), timeout=30, on_wait=lambda h: None, poll=0.2)
+    _, waited = acquire(waiter, _holder("run-b"), timeout=30, on_wait=lambda h: None, poll=0.2)
     assert done.is_set() and waited >= 1.5
     waiter.release()
 

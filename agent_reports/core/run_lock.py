@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
@@ -79,8 +79,11 @@ class Holder:
 
     @classmethod
     def this_process(cls, run_id: str) -> Holder:
-        now = datetime.now(UTC).isoformat(timespec="seconds")
-        return cls(run_id, os.getpid(), socket.gethostname(), now)
+        return cls(run_id, os.getpid(), socket.gethostname(), _now())
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 UNKNOWN = Holder("unknown", 0, "unknown", "unknown")
@@ -164,6 +167,7 @@ class PostgresLock:
         self._conn = None
         self._holder: Holder | None = None
         self._lost = False
+        self._table_ready = False
         self._guard = threading.Lock()
         self._stop = threading.Event()
         self._keeper: threading.Thread | None = None
@@ -207,12 +211,15 @@ class PostgresLock:
     def _ensure_table(self) -> None:
         import psycopg2
 
+        if self._table_ready:
+            return
         with suppress(psycopg2.errors.UniqueViolation, psycopg2.errors.DuplicateTable):
             self._query(
                 "CREATE TABLE IF NOT EXISTS agent_reports_run_locks (name text PRIMARY KEY,"
                 " run_id text NOT NULL, pid integer NOT NULL, host text NOT NULL,"
                 " since text NOT NULL, heartbeat timestamptz NOT NULL)"
             )
+        self._table_ready = True
 
     def _advisory(self, take: bool) -> bool:
         """pg_try_advisory_lock (take) or pg_advisory_unlock on this lock's key."""
@@ -320,18 +327,20 @@ def acquire(
     timeout: float,
     on_wait: Callable[[Holder], None],
     poll: float = 0.5,
-) -> float:
-    """Take the lock, waiting at most `timeout` seconds; returns the seconds waited. A
-    database that cannot be reached counts as a holder not known, and is tried again."""
+) -> tuple[Holder, float]:
+    """Take the lock, waiting at most `timeout` seconds; returns the holder record as taken
+    (`since` = now) and the seconds waited. A database that cannot be reached counts as a
+    holder not known, and is tried again."""
     started = time.monotonic()
     reported: Holder | None = None
     while True:
+        attempt = replace(holder, since=_now())
         try:
-            other = lock.try_acquire(holder)
+            other = lock.try_acquire(attempt)
         except Exception as error:  # the database is restarting or unreachable
             other = Holder(f"unknown ({type(error).__name__})", 0, "unknown", "unknown")
         if other is None:
-            return time.monotonic() - started
+            return attempt, time.monotonic() - started
         if other != reported:
             on_wait(other)
             reported = other
@@ -391,17 +400,16 @@ class RunLockResource(ConfigurableResource):
             return
         instance_url = getattr(context.instance.run_storage, "postgres_url", None)
         lock = open_lock(self.name, instance_url)
-        holder = Holder.this_process(run.run_id)
 
         def waiting(other: Holder) -> None:
             context.log.warning(f"run lock {self.name}: waiting, held by {other.describe()}")
 
-        waited = acquire(lock, holder, self._timeout(), waiting)
-        record = f"{self.name} ({lock.kind}) held by {holder.describe()}; waited {waited:.1f}s"
-        context.log.info(f"run lock {record}")
-        context.instance.add_run_tags(run.run_id, {RUN_TAG: record})
-        self._lock, self._holder = lock, holder
+        holder, waited = acquire(lock, Holder.this_process(run.run_id), self._timeout(), waiting)
         try:
+            record = f"{self.name} ({lock.kind}) held by {holder.describe()}; waited {waited:.1f}s"
+            context.log.info(f"run lock {record}")
+            context.instance.add_run_tags(run.run_id, {RUN_TAG: record})
+            self._lock, self._holder = lock, holder
             yield self
         finally:
             lock.release()
