@@ -313,6 +313,8 @@ def test_crashed_and_cancelled_runs_free_the_pool(
 
         _wait_in_step(stack, cancelled, "market_report")  # the pool let it start
         stack.terminate(cancelled)
+        llm_server.reset()  # the crashed run's retry gets its answer at once
+        llm_server.reply_json(LLM_REPLY)
         runs = _wait_drained(stack, timeout=300, errors=[])
         retry = [r for r in runs if r.tags.get("dagster/parent_run_id") == crashed]
         slots = stack.claimed_slots("market")
