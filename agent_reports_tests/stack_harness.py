@@ -239,3 +239,15 @@ class ThrowawayPostgres:
             "DAGSTER_PG_PASSWORD": "",
             "DAGSTER_PG_DB": db,
         }
+
+
+@contextmanager
+def running_cluster() -> Iterator[ThrowawayPostgres]:
+    """A started throwaway cluster, stopped and removed afterwards."""
+    cluster = ThrowawayPostgres()
+    try:
+        cluster.init()
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.destroy()

@@ -32,7 +32,7 @@ from agent_reports.core.run_lock import (
     postgres_dsn,
 )
 from agent_reports_tests.conftest import LLMServer, start_process, stop_process
-from agent_reports_tests.stack_harness import ThrowawayPostgres
+from agent_reports_tests.stack_harness import ThrowawayPostgres, running_cluster
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -208,13 +208,8 @@ def test_a_waiter_that_gives_up_names_the_holder(isolated_dirs: Path) -> None:
 
 @pytest.fixture
 def restartable_postgres() -> Iterator[ThrowawayPostgres]:
-    cluster = ThrowawayPostgres()
-    try:
-        cluster.init()
-        cluster.start()
+    with running_cluster() as cluster:
         yield cluster
-    finally:
-        cluster.destroy()
 
 
 def test_postgres_restart_does_not_hand_over_a_live_holders_lock(

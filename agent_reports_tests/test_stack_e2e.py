@@ -37,6 +37,7 @@ from agent_reports_tests.stack_harness import (
     DeployedStack,
     ThrowawayPostgres,
     deployed_stack,
+    running_cluster,
 )
 
 pytestmark = pytest.mark.timeout(600)
@@ -190,13 +191,8 @@ def _after_restart(daemon_log: str) -> str:
 @pytest.fixture(scope="module")
 def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
     """A PostgreSQL cluster of the test's own, so it can be stopped: never the machine's."""
-    cluster = ThrowawayPostgres()
-    try:
-        cluster.init()
-        cluster.start()
+    with running_cluster() as cluster:
         yield cluster
-    finally:
-        cluster.destroy()
 
 
 def test_postgres_restarted_mid_run(

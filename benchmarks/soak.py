@@ -64,6 +64,7 @@ from agent_reports_tests.stack_harness import (  # noqa: E402
     DeployedStack,
     ThrowawayPostgres,
     deployed_stack,
+    running_cluster,
 )
 
 FAULTS = ("daemon", "postgres", "worker", "llm_429", "llm_500", "llm_hang", "smtp_451", "smtp_drop")
@@ -324,10 +325,7 @@ def soak(config: Config) -> dict[str, Any]:
 def running_parts(tmp: Path) -> Iterator[Parts]:
     """PostgreSQL (a throwaway cluster), llmock, SMTP and the stack; stopped in reverse."""
     with ExitStack() as cleanup:
-        postgres = ThrowawayPostgres()
-        cleanup.callback(postgres.destroy)
-        postgres.init()
-        postgres.start()
+        postgres = cleanup.enter_context(running_cluster())
         llm_port = free_port()
         llm_process = start_process(
             [str(BIN / "llmock"), "serve", "--host", "127.0.0.1", "--port", str(llm_port)],
