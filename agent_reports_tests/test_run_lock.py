@@ -62,7 +62,7 @@ def _launchers(day: str) -> dict[str, list[str]]:
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def dagster_home(request: pytest.FixtureRequest, isolated_dirs: Path, monkeypatch) -> Path:
-    """DAGSTER_HOME with ./dagster.yaml (SQLite) or deploy/dagster.yaml (the test's database)."""
+    """DAGSTER_HOME with instance/dagster.yaml (SQLite) or deploy/dagster.yaml (its database)."""
     home = isolated_dirs / "dagster_home"
     home.mkdir()
     if request.param == "postgres":
@@ -70,7 +70,7 @@ def dagster_home(request: pytest.FixtureRequest, isolated_dirs: Path, monkeypatc
             monkeypatch.setenv(name, value)
         shutil.copy(REPO / "deploy" / "dagster.yaml", home / "dagster.yaml")
     else:
-        shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+        shutil.copy(REPO / "instance" / "dagster.yaml", home / "dagster.yaml")
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     with DagsterInstance.get() as instance:  # its schema, before two processes race for it
         instance.get_runs(limit=1)
