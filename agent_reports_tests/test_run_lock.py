@@ -39,7 +39,10 @@ pytestmark = pytest.mark.timeout(300)
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 DAY = "2024-03-05"
-REPLY = {"summary": "ALPH led.", "findings": [{"title": "t", "detail": "d", "subjects": ["ALPH"]}]}
+REPLY = {
+    "summary": "ALPH led a mixed session.",
+    "findings": [{"title": "ALPH moved", "detail": "A notable move.", "subjects": ["ALPH"]}],
+}
 EXECUTE_IN_PROCESS = """
 import sys
 from dagster import DagsterInstance
@@ -62,7 +65,7 @@ def _launchers(day: str) -> dict[str, list[str]]:
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def dagster_home(request: pytest.FixtureRequest, isolated_dirs: Path, monkeypatch) -> Path:
-    """DAGSTER_HOME with instance/dagster.yaml (SQLite) or deploy/dagster.yaml (its database)."""
+    """DAGSTER_HOME with ./dagster.yaml (SQLite) or deploy/dagster.yaml (its database)."""
     home = isolated_dirs / "dagster_home"
     home.mkdir()
     if request.param == "postgres":
@@ -70,7 +73,7 @@ def dagster_home(request: pytest.FixtureRequest, isolated_dirs: Path, monkeypatc
             monkeypatch.setenv(name, value)
         shutil.copy(REPO / "deploy" / "dagster.yaml", home / "dagster.yaml")
     else:
-        shutil.copy(REPO / "instance" / "dagster.yaml", home / "dagster.yaml")
+        shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     with DagsterInstance.get() as instance:  # its schema, before two processes race for it
         instance.get_runs(limit=1)
