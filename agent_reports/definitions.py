@@ -41,6 +41,7 @@ from agent_reports.core.resources import (
     PartitionRangeIOManager,
     ReportStoreResource,
 )
+from agent_reports.core.run_lock import with_run_locks
 from agent_reports.core.sources import MARKET_COLUMNS, ORIGIN_COLUMNS
 from agent_reports.ingest import assets as ingest_assets
 from agent_reports.ingest import checks as ingest_checks
@@ -221,3 +222,6 @@ defs = Definitions(
 # Freshness policies on the report assets (agent_reports/ops/freshness.py) and the catalog,
 # each applied once.
 defs = with_freshness(defs).map_resolved_asset_specs(func=catalog_spec)
+# Each run holds its analysis' run lock from before its first step to after its last, on
+# every launch path (agent_reports/core/run_lock.py): the second guard behind the pools.
+defs = with_run_locks(defs)

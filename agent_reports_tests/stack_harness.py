@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -22,9 +23,16 @@ from pathlib import Path
 from types import ModuleType
 
 from agent_reports_tests.conftest import free_port
-from agent_reports_tests.dagster_stack import DagsterStack
+from agent_reports_tests.dagster_stack import DagsterStack, Run
 
 REPO = Path(__file__).resolve().parents[1]
+STEP_STATS = """query($id: ID!) { runOrError(runId: $id) { __typename
+  ... on Run { stepStats { stepKey startTime endTime } } } }"""
+TERMINATE = """mutation($id: String!) { terminateRun(runId: $id) { __typename
+  ... on TerminateRunFailure { message } ... on PythonError { message } } }"""
+POOL_CLAIMS = """query($pool: String) { instance { concurrencyLimit(concurrencyKey: $pool) {
+  claimedSlots { runId stepKey } } } }"""
+LOCK_PID = re.compile(r"held by run \S+ \(pid (\d+) ")
 STACK_SH = REPO / "deploy" / "stack.sh"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -72,6 +80,45 @@ class DeployedStack(DagsterStack):
         assert pid is not None, "the daemon is not running"
         deploy_stack.signal_group(pid, signal.SIGKILL, wait=30)
         return pid
+
+    def step_window(self, run: Run) -> tuple[float, float] | None:
+        """(first step start, last step end) of an ended run, None if no step started: when
+        it executed, as opposed to when its worker started (it may wait for the run lock).
+        A step cut short by a crash has no end of its own: the run's end stands for it."""
+        result = self.graphql(STEP_STATS, {"id": run.run_id})["runOrError"]
+        steps = [s for s in result.get("stepStats", []) if s["startTime"]]
+        if not steps:
+            return None
+        ends = [s["endTime"] or run.end_time or float("inf") for s in steps]
+        return min(s["startTime"] for s in steps), max(ends)
+
+    def step_clashes(self, runs: list) -> list[tuple[str, str]]:
+        """Pairs of runs whose steps executed at the same time."""
+        windows = [(r.run_id, self.step_window(r)) for r in runs]
+        windows = [(run_id, w) for run_id, w in windows if w]
+        return [
+            (a, b)
+            for i, (a, wa) in enumerate(windows)
+            for b, wb in windows[i + 1 :]
+            if wa[0] < wb[1] and wb[0] < wa[1]
+        ]
+
+    def worker_pid(self, run_id: str) -> int | None:
+        """The run worker's pid, from the run lock's record in the run's tags."""
+        (run,) = self.runs(runIds=[run_id])
+        found = LOCK_PID.search(run.tags.get("agent_reports/run_lock", ""))
+        return int(found.group(1)) if found else None
+
+    def terminate(self, run_id: str) -> None:
+        """Cancel a run, as the UI's Terminate button does."""
+        result = self.graphql(TERMINATE, {"id": run_id})["terminateRun"]
+        if result["__typename"] != "TerminateRunSuccess":
+            raise RuntimeError(f"terminate {run_id}: {result}")
+
+    def claimed_slots(self, pool: str) -> list[dict]:
+        return self.graphql(POOL_CLAIMS, {"pool": pool})["instance"]["concurrencyLimit"][
+            "claimedSlots"
+        ]
 
     def start(self) -> subprocess.CompletedProcess:
         """`deploy/stack.sh start`: brings back whichever process is not running."""
@@ -192,3 +239,15 @@ class ThrowawayPostgres:
             "DAGSTER_PG_PASSWORD": "",
             "DAGSTER_PG_DB": db,
         }
+
+
+@contextmanager
+def running_cluster() -> Iterator[ThrowawayPostgres]:
+    """A started throwaway cluster, stopped and removed afterwards."""
+    cluster = ThrowawayPostgres()
+    try:
+        cluster.init()
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.destroy()

@@ -13,6 +13,8 @@ own state folder, ports and database. Everything is launched over GraphQL as the
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from itertools import combinations
@@ -22,7 +24,7 @@ from urllib.error import HTTPError
 
 import pytest
 
-from agent_reports_tests.conftest import stored_run_ids
+from agent_reports_tests.conftest import LLMServer, stored_run_ids
 from agent_reports_tests.dagster_stack import (
     BACKFILL_DONE,
     TERMINAL,
@@ -31,9 +33,11 @@ from agent_reports_tests.dagster_stack import (
     overlaps,
 )
 from agent_reports_tests.stack_harness import (
+    STEP_STATS,
     DeployedStack,
     ThrowawayPostgres,
     deployed_stack,
+    running_cluster,
 )
 
 pytestmark = pytest.mark.timeout(600)
@@ -187,13 +191,8 @@ def _after_restart(daemon_log: str) -> str:
 @pytest.fixture(scope="module")
 def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
     """A PostgreSQL cluster of the test's own, so it can be stopped: never the machine's."""
-    cluster = ThrowawayPostgres()
-    try:
-        cluster.init()
-        cluster.start()
+    with running_cluster() as cluster:
         yield cluster
-    finally:
-        cluster.destroy()
 
 
 def test_postgres_restarted_mid_run(
@@ -229,6 +228,7 @@ def test_postgres_restarted_mid_run(
         reruns = [stack.launch_run("market_job", key) for key in unfinished]
         rerun_runs = stack.wait_for_runs(reruns, timeout=300) if reruns else []
         runs = stack.runs()
+        step_clashes = stack.step_clashes(runs)
         materialized = stack.materializations("market_report")
         retried = stack.log("code-server").count("Retrying failed database connection")
         daemon_log = stack.log("daemon")
@@ -245,15 +245,16 @@ def test_postgres_restarted_mid_run(
     for key in keys:
         assert _succeeded(runs, key), _timeline(runs)
     assert sorted(materialized) == sorted([*keys, MARCH[5]])
-    # One market run at a time, with one known exception: when the run queue's pool query
-    # fails (here on a connection the restart broke), Dagster 1.13 logs "Failed to initialize
-    # op concurrency counter" and dequeues WITHOUT pool limits (queued_run_coordinator_daemon
-    # .py: "fall back to not blocking any runs"), so a queued market run can start beside the
-    # running one. Any other overlap fails the test.
-    clashes = _clashes([r for r in runs if r.start_time is not None])
-    if clashes:
-        print(f"OVERLAP after the queue fell open: {clashes}")
-    assert not clashes or FAIL_OPEN in daemon_log, _timeline(runs)
+    # No two market runs executed steps at the same time. The run queue alone fails open
+    # here: when its pool query fails on a connection the restart broke, Dagster 1.13 logs
+    # "Failed to initialize op concurrency counter" and dequeues WITHOUT pool limits
+    # (queued_run_coordinator_daemon.py: "fall back to not blocking any runs"), so a queued
+    # market run can start beside the running one. The run lock (core/run_lock.py) holds
+    # it before its first step until the first run ends: run records may overlap then,
+    # step executions may not.
+    run_clashes = _clashes([r for r in runs if r.start_time is not None])
+    print(f"queue fell open: {FAIL_OPEN in daemon_log}; run records overlapping: {run_clashes}")
+    assert not step_clashes, _timeline(runs)
     # Runs the test did not launch: retries the daemon launched for a run that failed (they
     # carry its id as root), or records left by a launch request the webserver failed: those
     # stay NOT_STARTED (never queued) until run monitoring fails them (start_timeout_seconds).
@@ -280,3 +281,63 @@ def _tolerant(call: Callable[[], T], errors: list[str]) -> T | None:
         body = error.read().decode(errors="replace") if isinstance(error, HTTPError) else ""
         errors.append(f"{error} {body}"[:300])
         return None
+
+
+# ------------------------------------------- d. crashed and cancelled runs free the pool
+
+
+def test_crashed_and_cancelled_runs_free_the_pool(
+    postgres_db, isolated_dirs: Path, llm_server: LLMServer
+) -> None:
+    """A run worker SIGKILLed and a run cancelled mid-step each let the market run queued
+    behind them start (their pool is free again), the crashed one is retried by the daemon,
+    and no pool slot stays claimed."""
+    env = {
+        **_env(isolated_dirs),
+        "AGENT_REPORTS_ANALYST": "openai",
+        "OPENAI_API_KEY": "sk-test-not-a-real-key",
+        "OPENAI_BASE_URL": llm_server.base_url,
+    }
+    llm_server.script({"type": "delay", "seconds": 60, "times": 2})  # the crashed, the cancelled
+    llm_server.reply_json(LLM_REPLY)
+    with deployed_stack(isolated_dirs / "stack", postgres_db, env) as stack:
+        crashed = stack.launch_run("market_job", MARCH[0])
+        cancelled = stack.launch_run("market_job", MARCH[1])  # queued behind it
+        _wait_in_step(stack, crashed, "market_report")
+        assert _status(stack, cancelled) == "QUEUED"
+        os.kill(stack.worker_pid(crashed), signal.SIGKILL)
+
+        _wait_in_step(stack, cancelled, "market_report")  # the pool let it start
+        stack.terminate(cancelled)
+        llm_server.reset()  # the crashed run's retry gets its answer at once
+        llm_server.reply_json(LLM_REPLY)
+        runs = _wait_drained(stack, timeout=300, errors=[])
+        retry = [r for r in runs if r.tags.get("dagster/parent_run_id") == crashed]
+        slots = stack.claimed_slots("market")
+        step_clashes = stack.step_clashes(runs)
+
+    print(_timeline(runs))
+    statuses = {r.run_id: r.status for r in runs}
+    assert statuses[crashed] == "FAILURE" and statuses[cancelled] == "CANCELED", statuses
+    assert [r.status for r in retry] == ["SUCCESS"], _timeline(runs)  # the daemon retried it
+    assert not step_clashes, _timeline(runs)
+    assert slots == []
+
+
+LLM_REPLY = {"summary": "A quiet day.", "findings": []}
+
+
+def _status(stack: DeployedStack, run_id: str) -> str:
+    (run,) = stack.runs(runIds=[run_id])
+    return run.status
+
+
+def _wait_in_step(stack: DeployedStack, run_id: str, step: str) -> None:
+    """Until the run is executing `step` (started, not ended)."""
+
+    def inside() -> bool:
+        result = stack.graphql(STEP_STATS, {"id": run_id})["runOrError"]
+        steps = {s["stepKey"]: s for s in result.get("stepStats", [])}
+        return step in steps and steps[step]["startTime"] and not steps[step]["endTime"]
+
+    stack.wait_until(inside, timeout=180, interval=0.5)
