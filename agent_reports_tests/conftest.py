@@ -21,8 +21,6 @@ from typing import Any
 
 import pytest
 
-from agent_reports.core.settings import ANALYSES
-
 BIN = Path(sys.executable).parent
 PG_HOST = os.environ.get("AGENT_REPORTS_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("AGENT_REPORTS_TEST_PG_PORT", "5432"))
@@ -73,25 +71,16 @@ def stop_process(process: subprocess.Popen, timeout: float = 15) -> None:
 
 @pytest.fixture(autouse=True)
 def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Reports and state under the test's tmp dir; no key or model from the developer's shell."""
+    """Reports and state under the test's tmp dir; no key, model or other agent_reports
+    setting from the developer's shell."""
+    for name in [n for n in os.environ if n.startswith("AGENT_REPORTS_")]:
+        if name.startswith("AGENT_REPORTS_TEST_"):  # where the test PostgreSQL is
+            continue
+        monkeypatch.delenv(name)
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AGENT_REPORTS_REPORTS_DIR", str(tmp_path / "reports"))
     monkeypatch.setenv("AGENT_REPORTS_STATE_DIR", str(tmp_path / "state"))
-    for name in (
-        "OPENAI_API_KEY",
-        "OPENAI_BASE_URL",
-        "AGENT_REPORTS_ANALYST",
-        "AGENT_REPORTS_MODEL",
-        "AGENT_REPORTS_SOURCE",
-        "AGENT_REPORTS_DATA_DIR",
-        "AGENT_REPORTS_CACHE_DIR",
-        "AGENT_REPORTS_LEDGER_URL",
-        "AGENT_REPORTS_LLM_TIMEOUT_SECONDS",
-        "AGENT_REPORTS_LLM_MAX_RETRIES",
-        "AGENT_REPORTS_FAIL_ON_LLM_ERROR",
-        "AGENT_REPORTS_TOKEN_BUDGET",
-        *(f"AGENT_REPORTS_TOKEN_BUDGET_{analysis.upper()}" for analysis in ANALYSES),
-    ):
-        monkeypatch.delenv(name, raising=False)
     return tmp_path
 
 
