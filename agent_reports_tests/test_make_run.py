@@ -10,12 +10,14 @@ pid file.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -89,6 +91,17 @@ def _stopped(process: subprocess.Popen, pgid: int, port: int, pid_file: Path) ->
     assert not pid_file.exists()
 
 
+@pytest.fixture
+def leave_nothing_running(make_env: dict[str, str]) -> Iterator[None]:
+    """A failed assertion must not leave `make run`'s processes serving: kill what is left."""
+    yield
+    pid_file = Path(make_env["DAGSTER_HOME"]) / "dev.pid"
+    if pid_file.exists():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+
+
+@pytest.mark.usefixtures("leave_nothing_running")
 def test_make_run_serves_quietly_and_make_stop_or_sigint_ends_it(
     make_env: dict[str, str], tmp_path: Path
 ) -> None:
