@@ -70,6 +70,9 @@ defs = Definitions(
     ],
     asset_checks=market_checks,
     jobs=[market_job, other_pool_job],
+    # As shipped: one process per run. Under the multiprocess default each of the market
+    # run's nine steps started its own process, and a run took minutes on a loaded machine.
+    executor=project.defs.executor,
     resources={
         name: project.defs.resources[name]
         for name in ("source", "analyst", "reports", "range_io_manager")
