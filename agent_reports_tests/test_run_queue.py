@@ -66,7 +66,9 @@ def test_one_market_run_at_a_time_other_pools_alongside(storage, isolated_dirs: 
     env = {
         **pg,
         "AGENT_REPORTS_ANALYST": "offline",
-        "TWO_POOLS_MARKET_SECONDS": "3",
+        # Held long enough that the other pool's run is dequeued (5 s queue polling) while
+        # the first market run still executes: in process a market run takes about 4 s.
+        "TWO_POOLS_MARKET_SECONDS": "15",
         "TWO_POOLS_OTHER_SECONDS": "10",
     }
     home = isolated_dirs / "dagster_home"
