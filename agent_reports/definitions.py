@@ -50,7 +50,12 @@ from agent_reports.market import assets as market_assets
 from agent_reports.market import checks as market_checks
 from agent_reports.market.partitions import market_job, market_schedule
 from agent_reports.ops import ClockResource
-from agent_reports.ops.alerts import freshness_alert_sensor, run_failure_alert_sensor
+from agent_reports.ops.alerts import (
+    approval_overdue_alert_sensor,
+    freshness_alert_sensor,
+    run_failure_alert_sensor,
+)
+from agent_reports.ops.approval import approve_report_job
 from agent_reports.ops.catchup import CatchUp, build_catchup_sensors, build_late_lines_sensor
 from agent_reports.ops.freshness import with_freshness
 from agent_reports.ops.pings import run_ping_sensor
@@ -188,7 +193,15 @@ defs = Definitions(
             ingest_checks,
         ]
     ),
-    jobs=[market_job, anomalies_job, churn_job, compliance_job, briefing_job, ingest_job],
+    jobs=[
+        market_job,
+        anomalies_job,
+        churn_job,
+        compliance_job,
+        briefing_job,
+        ingest_job,
+        approve_report_job,
+    ],
     schedules=[
         market_schedule,
         anomalies_schedule,
@@ -203,6 +216,7 @@ defs = Definitions(
         build_late_lines_sensor([c for c in CATCHUPS if c.analysis in ("anomalies", "compliance")]),
         freshness_alert_sensor,
         run_failure_alert_sensor,
+        approval_overdue_alert_sensor,
         run_ping_sensor,
     ],
     # One process per run, not one per step: the multiprocess default starts 5-7 processes

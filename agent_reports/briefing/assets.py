@@ -32,6 +32,7 @@ from agent_reports.briefing.partitions import ANALYSIS, POOL, as_of, briefing_pa
 from agent_reports.core import settings
 from agent_reports.core.analyst import AnalystAnswer, AnalystRequest
 from agent_reports.core.delivery import (
+    APPROVED,
     PREVIEW_RECIPIENT,
     DeliveryKey,
     Message,
@@ -44,6 +45,11 @@ from agent_reports.core.publishing import (
     publish_reports,
     report_from_answer,
     report_notes,
+)
+from agent_reports.core.report_email import (
+    approval_metadata,
+    approval_required,
+    hold_for_approval,
 )
 from agent_reports.core.reports import Report, Table
 from agent_reports.core.resources import AnalystResource, DeliveryResource, ReportStoreResource
@@ -136,7 +142,8 @@ def briefing_email(
     SMTP host it is written to the outbox (`reports/outbox/briefing/<day>/`) instead.
 
     A range run (a backfill) rewrites old briefings but does not email them: nobody wants
-    a month of mornings at once.
+    a month of mornings at once. With briefing in AGENT_REPORTS_APPROVAL_REQUIRED the
+    day's e-mails wait in the outbox for `approve_report_job`; only then are they sent.
     """
     if len(context.partition_keys) > 1:
         context.log.info(f"range run of {len(context.partition_keys)} days: no email sent")
@@ -157,6 +164,11 @@ def briefing_email(
         html=report.to_html(),
         payload={"analysis": ANALYSIS, "partition": key, "summary": report.summary},
     )
+    approval = {}
+    if to and approval_required(ANALYSIS):  # only an approved briefing goes on
+        approval = _hold(delivery, message, to, key, root)
+        if approval.pop("status") != APPROVED:
+            return MaterializeResult(metadata={"emailed": False, **approval})
     if sender is None:
         return _to_outbox(context, delivery.outbox(root), message, to, problem, root)
     outcomes = delivery.notifier(webhook=False).notify(
@@ -169,7 +181,27 @@ def briefing_email(
             description=f"{len(failed)} briefing email(s) failed; a re-run sends only those",
             metadata={"failures": MetadataValue.json(failed)},
         )
-    return MaterializeResult(metadata={"emailed": True, "deliveries": MetadataValue.json(statuses)})
+    return MaterializeResult(
+        metadata={"emailed": True, "deliveries": MetadataValue.json(statuses), **approval}
+    )
+
+
+def _hold(
+    delivery: DeliveryResource, message: Message, to: list[str], key: str, root: Path
+) -> dict:
+    """Write the day's e-mails to the outbox as their preview and record them as awaiting
+    approval (ops/approval.py); the approval's status and metadata."""
+    outbox, ledger = delivery.outbox(root), delivery.ledger()
+    try:
+        row, entries = hold_for_approval(
+            ledger,
+            outbox,
+            [DeliveryKey(ANALYSIS, key, address, EMAIL_FINGERPRINT) for address in to],
+            lambda k: outbox.build(message, k),
+        )
+    finally:
+        ledger.engine.dispose()
+    return {"status": row["status"], **approval_metadata(row, entries, root)}
 
 
 def _to_outbox(

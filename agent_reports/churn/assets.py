@@ -37,6 +37,7 @@ from agent_reports.core.analyst import AnalystAnswer, AnalystRequest
 from agent_reports.core.csv_files import COVERAGE_COLUMNS, coverage_note, coverage_rows
 from agent_reports.core.customers import load_customers
 from agent_reports.core.delivery import (
+    APPROVED,
     PREVIEW_RECIPIENT,
     DeliveryKey,
     DeliveryLedger,
@@ -52,7 +53,14 @@ from agent_reports.core.publishing import (
     report_from_answer,
     report_notes,
 )
-from agent_reports.core.report_email import content_fingerprint, deliver_report, report_email
+from agent_reports.core.report_email import (
+    approval_metadata,
+    approval_required,
+    content_fingerprint,
+    deliver_report,
+    hold_for_approval,
+    report_email,
+)
 from agent_reports.core.reports import Attachment, Image, Report, Table
 from agent_reports.core.resources import (
     AnalystResource,
@@ -281,29 +289,34 @@ def churn_email(
 ) -> MaterializeResult:
     """The week's report emailed once per recipient: re-runs send nothing, a changed report
     is withheld unless `resend: true`, a refused recipient does not stop the others. With
-    no SMTP host the e-mails are written to the outbox (`reports/outbox/churn/<week>/`)."""
+    no SMTP host the e-mails are written to the outbox (`reports/outbox/churn/<week>/`).
+    With churn in AGENT_REPORTS_APPROVAL_REQUIRED a week's e-mails wait in the outbox for
+    `approve_report_job`, and only an approved version is sent here."""
     to = recipients()
     problem = incomplete_smtp_settings(delivery.smtp_settings(), RECIPIENTS_VARIABLE, to)
     sender = delivery.email_sender()
+    if sender is not None and problem:
+        raise Failure(description=problem, allow_retries=False)
+    weeks = list(context.partition_keys)
+    if to and approval_required(ANALYSIS):  # only approved weeks go on (ops/approval.py)
+        weeks = _approved_weeks(context, config, churn_report, to, delivery, reports.path())
     if sender is None:  # no SMTP host: the outbox (core/delivery.py)
         root = reports.path()
         outbox = delivery.outbox(root)
         entries = [
             entry
-            for key in context.partition_keys
+            for key in weeks
             for entry in _outbox_week(context, config, churn_report[key], to, outbox, root)
         ]
         end_outbox_step(context, problem, entries)
         return MaterializeResult()
-    if problem:
-        raise Failure(description=problem, allow_retries=False)
     if not to:
         context.log.warning(f"{RECIPIENTS_VARIABLE} is empty: no email sent")
     ledger = delivery.ledger() if to else None
     try:
         failures = [
             failure
-            for key in context.partition_keys
+            for key in weeks
             for failure in _email_week(context, config, churn_report[key], to, ledger, sender)
         ]
     finally:
@@ -315,6 +328,41 @@ def churn_email(
             metadata={"failures": MetadataValue.json(failures[:50])},
         )
     return MaterializeResult()
+
+
+def _approved_weeks(
+    context: AssetExecutionContext,
+    config: ChurnEmailConfig,
+    reports_by_week: dict[str, Report],
+    to: list[str],
+    delivery: DeliveryResource,
+    root: Path,
+) -> list[str]:
+    """Under approval, each week's e-mails are written to the outbox as their preview and
+    recorded as awaiting approval; returns the weeks whose version is approved (and a held
+    degraded report's week, which the send path records as held)."""
+    outbox, ledger, weeks = delivery.outbox(root), delivery.ledger(), []
+    try:
+        for key in context.partition_keys:
+            report = reports_by_week[key]
+            if report.degraded and not config.send_degraded:
+                weeks.append(key)
+                continue
+            fingerprint = content_fingerprint(report)
+            row, entries = hold_for_approval(
+                ledger,
+                outbox,
+                [DeliveryKey(ANALYSIS, key, address, fingerprint) for address in to],
+                lambda k, r=report: report_email(outbox, r, email_subject(r), k),
+            )
+            metadata = {"content_fingerprint": fingerprint, "recipients": len(to)}
+            metadata |= approval_metadata(row, entries, root)
+            context.add_asset_metadata(metadata, partition_key=key)
+            if row["status"] == APPROVED:
+                weeks.append(key)
+    finally:
+        ledger.engine.dispose()
+    return weeks
 
 
 def _outbox_week(

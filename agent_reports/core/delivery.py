@@ -20,6 +20,12 @@ file with an HTML preview under `<reports>/outbox/`, and nothing is recorded in 
 ledger, so configuring SMTP later still sends every window once. A configuration given
 half-way (recipients or SMTP settings without a host, a user without a password) is
 named by `incomplete_smtp_settings`, never left to a bare error.
+
+Where an analysis needs a person's approval before its e-mails go out
+(AGENT_REPORTS_APPROVAL_REQUIRED, ops/approval.py), the ledger's `approvals` table holds
+one row per (report, partition, content fingerprint): `awaiting`, then `approved` with
+who and when, or `superseded` when a newer version of the report awaits instead. It is
+its own table, so ledgers created before it gain it without a migration.
 """
 
 from __future__ import annotations
@@ -116,6 +122,26 @@ deliveries = sa.Table(
 )
 
 
+approvals = sa.Table(
+    "approvals",
+    _metadata,
+    sa.Column("report", sa.String(100), primary_key=True),
+    sa.Column("partition", sa.String(100), primary_key=True),
+    sa.Column("fingerprint", sa.String(200), primary_key=True),
+    sa.Column("status", sa.String(20), nullable=False),  # awaiting | approved | superseded
+    sa.Column("previews", sa.Text, nullable=False),  # JSON {recipient: .eml path}
+    sa.Column("requested_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("approver", sa.String(200)),
+    sa.Column("comment", sa.Text),
+    sa.Column("approved_at", sa.DateTime(timezone=True)),
+)
+AWAITING, APPROVED, SUPERSEDED = "awaiting", "approved", "superseded"
+
+
+class ApprovalError(RuntimeError):
+    """An approval that cannot be recorded: nothing awaits approval for that window."""
+
+
 def default_ledger_url() -> str:
     from agent_reports.core import settings
 
@@ -195,6 +221,60 @@ class DeliveryLedger:
                 )
             )
         return DeliveryOutcome(key, "sent")
+
+    def request_approval(
+        self, report: str, partition: str, fingerprint: str, previews: Mapping[str, str]
+    ) -> dict[str, Any]:
+        """Record that this version of the window's e-mails awaits approval (a version
+        already approved stays approved) and supersede any other version still awaiting.
+        Returns the row as it is now."""
+        window = [approvals.c.report == report, approvals.c.partition == partition]
+        this = [*window, approvals.c.fingerprint == fingerprint]
+        with self.engine.begin() as connection:
+            connection.execute(
+                approvals.update()
+                .where(*window, approvals.c.fingerprint != fingerprint)
+                .where(approvals.c.status == AWAITING)
+                .values(status=SUPERSEDED)
+            )
+            row = connection.execute(sa.select(approvals).where(*this)).first()
+            values = {"status": AWAITING, "previews": json.dumps(dict(previews))}
+            if row is None:
+                key = {"report": report, "partition": partition, "fingerprint": fingerprint}
+                connection.execute(approvals.insert().values(**key, **values, requested_at=_now()))
+            elif row.status != APPROVED:
+                connection.execute(approvals.update().where(*this).values(**values))
+            return dict(connection.execute(sa.select(approvals).where(*this)).one()._mapping)
+
+    def approve(
+        self, report: str, partition: str, approver: str, comment: str | None = None
+    ) -> tuple[dict[str, Any], bool]:
+        """Approve the window's version awaiting approval: (row, True). When none awaits
+        but one was approved before: (that row, False), unchanged. Neither: ApprovalError.
+        The conditional update is atomic, so two approvals at once cannot both be first."""
+        window = [approvals.c.report == report, approvals.c.partition == partition]
+        with self.engine.begin() as connection:
+            first = connection.execute(
+                approvals.update()
+                .where(*window, approvals.c.status == AWAITING)
+                .values(status=APPROVED, approver=approver, comment=comment, approved_at=_now())
+            ).rowcount
+            row = connection.execute(
+                sa.select(approvals)
+                .where(*window, approvals.c.status == APPROVED)
+                .order_by(approvals.c.approved_at.desc())
+            ).first()
+        if row is None:
+            raise ApprovalError(f"{report} {partition}: no e-mail awaits approval")
+        return dict(row._mapping), first == 1
+
+    def approval_rows(self, status: str | None = None) -> list[dict[str, Any]]:
+        """Approval rows (all, or those with `status`), oldest request first."""
+        query = sa.select(approvals).order_by(approvals.c.requested_at, *approvals.primary_key)
+        if status is not None:
+            query = query.where(approvals.c.status == status)
+        with self.engine.connect() as connection:
+            return [dict(row._mapping) for row in connection.execute(query)]
 
     def _record_failure(self, key: DeliveryKey, reason: str) -> None:
         keep_sent = sa.case((deliveries.c.status == "sent", "sent"), else_="failed")

@@ -10,6 +10,10 @@ Shared by every analysis that mails its report (churn today):
      `resend` is true (then `resent`);
   3. a transient failure (connection, 4xx) is retried with exponential backoff; a
      permanent one (5xx refusal, authentication) is not.
+Where the analysis is named in AGENT_REPORTS_APPROVAL_REQUIRED, `hold_for_approval`
+writes the window's e-mails to the outbox as their preview and records them as awaiting
+approval; the e-mail step sends only a version that was approved (ops/approval.py).
+
 Crash semantics are the ledger's: at least once. A crash between the SMTP server's
 acceptance and the ledger commit re-sends that one message on retry (same Message-ID),
 so each crash can add at most one copy per recipient that was being sent to.
@@ -18,17 +22,38 @@ so each crash can add at most one copy per recipient that was being sent to.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
 
-from agent_reports.core.delivery import DeliveryKey, DeliveryLedger, EmailSender, Message
+from dagster import MetadataValue
+
+from agent_reports.core import settings
+from agent_reports.core.delivery import (
+    APPROVED,
+    DeliveryKey,
+    DeliveryLedger,
+    EmailComposer,
+    EmailSender,
+    Message,
+    Outbox,
+    OutboxEntry,
+)
+from agent_reports.core.publishing import outbox_metadata
 from agent_reports.core.reports import Report, neutral_text
 
 log = logging.getLogger(__name__)
 
+APPROVAL_VARIABLE = "AGENT_REPORTS_APPROVAL_REQUIRED"
+# The analyses that e-mail their reports, hence can wait for approval.
+APPROVABLE = ("churn", "briefing")
+APPROVE_JOB, APPROVE_OP = "approve_report_job", "approve_report"
 PERMANENT_PREFIXES = ("recipient refused: 5", "SMTP error 5", "SMTP authentication failed")
 
 
@@ -58,7 +83,7 @@ def content_fingerprint(report: Report) -> str:
 
 
 def report_email(
-    sender: EmailSender, report: Report, subject: str, key: DeliveryKey
+    sender: EmailComposer, report: Report, subject: str, key: DeliveryKey
 ) -> EmailMessage:
     """Text (Markdown) and HTML alternatives, charts inline, attachments attached. The
     bodies and attachments are neutralised by the report; the subject is done here."""
@@ -125,3 +150,65 @@ def deliver_report(
         status = "resent" if outcome.status == "sent" and earlier else outcome.status
         results.append(RecipientResult(key.recipient, status, attempt, outcome.reason))
     return results
+
+
+# ------------------------------------------------------------------------------- approval
+
+
+def approval_required(analysis: str) -> bool:
+    """Whether `analysis` is named in AGENT_REPORTS_APPROVAL_REQUIRED (comma-separated, read
+    at run time; unset: no analysis waits). A name that e-mails nothing is an error, not a
+    silent no-op: a typo would otherwise send what the team meant to review."""
+    value = settings.env(APPROVAL_VARIABLE, "") or ""
+    names = {name.strip() for name in value.split(",") if name.strip()}
+    unknown = sorted(names - set(APPROVABLE))
+    if unknown:
+        raise ValueError(
+            f"{APPROVAL_VARIABLE}={value!r}: {', '.join(unknown)} cannot wait for approval "
+            f"(only {', '.join(APPROVABLE)} e-mail their reports)"
+        )
+    return analysis in names
+
+
+def hold_for_approval(
+    ledger: DeliveryLedger,
+    outbox: Outbox,
+    keys: Sequence[DeliveryKey],
+    build: Callable[[DeliveryKey], EmailMessage],
+) -> tuple[dict[str, Any], list[OutboxEntry]]:
+    """Write the window's e-mails (one per key, all of one version) to the outbox as their
+    preview and record that version as awaiting approval, unless it was approved already.
+    Returns the ledger's approval row and the preview files; nothing is sent here."""
+    entries = [outbox.write(build(key), key) for key in keys]
+    first = keys[0]
+    previews = {entry.recipient: str(entry.eml) for entry in entries}
+    row = ledger.request_approval(first.report, first.partition, first.fingerprint, previews)
+    return row, entries
+
+
+def approval_metadata(
+    row: dict[str, Any], entries: Sequence[OutboxEntry], reports_root: Path
+) -> dict[str, Any]:
+    """The e-mail asset's metadata for a window under approval: its status, the preview
+    links and, while it waits, the run config that approves it from the Launchpad."""
+    if row["status"] == APPROVED:
+        when = as_utc(row["approved_at"]).isoformat()
+        return {"approval": f"approved by {row['approver']} at {when}"}
+    config = (
+        f"ops:\n  {APPROVE_OP}:\n    config:\n      analysis: {row['report']}\n"
+        f'      partition: {json.dumps(row["partition"])}\n      approver: "your name"\n'
+        '      comment: ""\n'
+    )
+    return {
+        "approval": "awaiting approval: nothing sent",
+        "approve_with": MetadataValue.md(
+            f"Read the preview (`outbox_html`), then launch **{APPROVE_JOB}** from the "
+            f"Launchpad with:\n\n```yaml\n{config}```"
+        ),
+        **outbox_metadata(entries, reports_root),
+    }
+
+
+def as_utc(moment: datetime) -> datetime:
+    """A ledger timestamp as UTC (SQLite returns them without their offset)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

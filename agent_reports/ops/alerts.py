@@ -1,13 +1,14 @@
-"""Alerts that nobody has to remember to switch on: a stale analysis, a failed run.
+"""Alerts that nobody has to remember to switch on: a stale analysis, a failed run, an
+e-mail still awaiting approval past its report's deadline.
 
-Both go through the notifier and its ledger, keyed so that one incident gives one
+All go through the notifier and its ledger, keyed so that one incident gives one
 alert however often a sensor is evaluated (daemon restarts re-evaluate): a stale
 analysis by (report asset, the missing window's partition key), a failed run by its run
-id.
+id, an overdue approval by (e-mail asset, partition).
 
 Ops alerts have their own recipients (AGENT_REPORTS_OPS_EMAIL_TO) and webhook
 (AGENT_REPORTS_OPS_WEBHOOK_URL, _TOKEN), apart from the anomaly alerts and report emails:
-platform engineers, not analysts, act on them. Both sensors start RUNNING, since an
+platform engineers, not analysts, act on them. The sensors start RUNNING, since an
 alert that must first be switched on is missing exactly when it is needed.
 """
 
@@ -27,14 +28,23 @@ from dagster import (
 
 from agent_reports.core import settings
 from agent_reports.core.deadlines import DEADLINES
-from agent_reports.core.delivery import DeliveryOutcome, Message, Notifier, WebhookSender
+from agent_reports.core.delivery import (
+    AWAITING,
+    DeliveryOutcome,
+    Message,
+    Notifier,
+    WebhookSender,
+)
+from agent_reports.core.report_email import APPROVE_JOB, as_utc
 from agent_reports.core.resources import DeliveryResource
 from agent_reports.ops import ClockResource
+from agent_reports.ops.approval import email_asset, window_deadline
 from agent_reports.ops.catchup import schedule_is_running
 from agent_reports.ops.freshness import DueWindow, has_report, newest_due_window, report_key
 
 FRESHNESS_REPORT = "ops-freshness"
 RUN_FAILURE_REPORT = "ops-run-failure"
+APPROVAL_REPORT = "ops-approval-overdue"
 MAX_ERROR_CHARS = 2000
 
 
@@ -181,3 +191,61 @@ def run_failure_alert_sensor(context: RunFailureSensorContext, delivery: Deliver
     )
     outcomes = _send(delivery, run.run_id, RUN_FAILURE_REPORT, "failed", message)
     context.log.info(f"run {run.run_id} failed: alert {_summary(outcomes)}")
+
+
+def overdue_message(row: dict, due: datetime, now: datetime) -> Message:
+    """The alert for one window whose e-mail still awaits approval past its deadline."""
+    analysis, partition = row["report"], row["partition"]
+    since = as_utc(row["requested_at"]).isoformat()
+    detail = (
+        f"the {analysis} e-mail for {partition} awaits approval since {since}; "
+        f"its report was due {due.astimezone(UTC).isoformat()}"
+    )
+    return Message(
+        subject=f"[agent_reports] {analysis} {partition} awaits approval past its deadline",
+        text=f"{detail}.\nRead its preview on {email_asset(analysis).to_user_string()} and "
+        f"launch {APPROVE_JOB} to send it (docs/operations.md).\n",
+        payload={
+            "alert": "approval_overdue",
+            "analysis": analysis,
+            "window": partition,
+            "deadline": due.astimezone(UTC).isoformat(),
+            "awaiting_since": since,
+            "detail": detail,
+            "incident": partition,
+            "evaluated_at": now.isoformat(),
+        },
+    )
+
+
+@sensor(
+    name="approval_overdue_alert_sensor",
+    minimum_interval_seconds=120,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Alerts once per window when a report's e-mail still awaits approval past "
+    "the report's deadline (AGENT_REPORTS_APPROVAL_REQUIRED).",
+)
+def approval_overdue_alert_sensor(
+    context: SensorEvaluationContext, clock: ClockResource, delivery: DeliveryResource
+):
+    """Judged at the clock's instant; one alert per (e-mail asset, window) through the
+    ledger, whatever the number of evaluations, versions or approvals that follow."""
+    now = clock.now()
+    ledger = delivery.ledger()
+    try:
+        waiting = ledger.approval_rows(AWAITING)
+    finally:
+        ledger.engine.dispose()
+    lines = []
+    for row in waiting:
+        due = window_deadline(row["report"], row["partition"])
+        if now < due:
+            continue
+        message = overdue_message(row, due, now)
+        name = email_asset(row["report"]).to_user_string()
+        outcomes = _send(delivery, name, APPROVAL_REPORT, row["partition"], message)
+        lines.append(f"{name} {row['partition']}: {_summary(outcomes)}")
+    if not lines:
+        return SkipReason(f"{len(waiting)} awaiting approval, none overdue at {now.isoformat()}")
+    context.log.warning("approval overdue: " + "; ".join(lines))
+    return SkipReason("approval overdue: " + "; ".join(lines))
