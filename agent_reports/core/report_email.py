@@ -32,7 +32,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from dagster import MetadataValue
+from dagster import Failure, MetadataValue
 
 from agent_reports.core import settings
 from agent_reports.core.delivery import (
@@ -163,9 +163,10 @@ def approval_required(analysis: str) -> bool:
     names = {name.strip() for name in value.split(",") if name.strip()}
     unknown = sorted(names - set(APPROVABLE))
     if unknown:
-        raise ValueError(
+        raise Failure(
             f"{APPROVAL_VARIABLE}={value!r}: {', '.join(unknown)} cannot wait for approval "
-            f"(only {', '.join(APPROVABLE)} e-mail their reports)"
+            f"(only {', '.join(APPROVABLE)} e-mail their reports)",
+            allow_retries=False,
         )
     return analysis in names
 
