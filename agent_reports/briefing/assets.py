@@ -165,7 +165,7 @@ def briefing_email(
         payload={"analysis": ANALYSIS, "partition": key, "summary": report.summary},
     )
     approval = {}
-    if to and approval_required(ANALYSIS):  # only an approved briefing goes on
+    if to and not problem and approval_required(ANALYSIS):  # only approved ones go on
         approval = _hold(delivery, message, to, key, root)
         if approval.pop("status") != APPROVED:
             return MaterializeResult(metadata={"emailed": False, **approval})

@@ -298,7 +298,7 @@ def churn_email(
     if sender is not None and problem:
         raise Failure(description=problem, allow_retries=False)
     weeks = list(context.partition_keys)
-    if to and approval_required(ANALYSIS):  # only approved weeks go on (ops/approval.py)
+    if to and not problem and approval_required(ANALYSIS):  # only approved weeks go on
         weeks = _approved_weeks(context, config, churn_report, to, delivery, reports.path())
     if sender is None:  # no SMTP host: the outbox (core/delivery.py)
         root = reports.path()
