@@ -11,6 +11,7 @@ the registered sensor evaluated at fixed instants.
 import json
 import os
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from email import policy
 from email.header import decode_header, make_header
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 from dagster import AssetKey, DagsterInstance, build_sensor_context
 
+from agent_reports.compliance.analysis import deliveries as audit_rows
 from agent_reports.core.delivery import DeliveryLedger
 from agent_reports.core.resources import DeliveryResource
 from agent_reports.definitions import defs
@@ -216,6 +218,13 @@ def test_briefing_waiting_past_its_deadline_alerts_once(mail, instance, isolated
     for at in ("2024-03-11T13:30:00+00:00", "2024-03-11T13:32:00+00:00", "2024-03-12T08:00Z"):
         assert "approval overdue" in _evaluate(instance, at).skip_message
     assert _alerts(mail) == [f"[agent_reports] briefing {DAY} awaits approval past its deadline"]
+    ledger = _ledger()
+    alerts = ledger.entries("ops-approval-overdue")
+    ledger.engine.dispose()
+    audited = audit_rows(alerts, datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
+    assert [(r["kind"], r["partition"], r["recipient"], r["status"]) for r in audited] == [
+        ("ops alert", "briefing_email", ONCALL, "sent")  # the monthly audit lists it as such
+    ]
 
     assert _approve(instance, "briefing", DAY, "Carol").success
     assert sorted(m["To"] for m in _received(mail, BRIEFING_TO)) == BRIEFING_TO
@@ -232,3 +241,22 @@ def test_a_misspelt_analysis_in_the_setting_fails_the_email_step(mail, instance,
         "AGENT_REPORTS_APPROVAL_REQUIRED='briefing,chrun': chrun cannot wait for approval "
         "(only churn, briefing e-mail their reports)"
     )
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_concurrent_approvals_have_one_first(database, request, tmp_path):
+    """Two reviewers clicking at once: the conditional update lets exactly one be first,
+    so exactly one approve run sends (the others find the e-mails already sent)."""
+    if database == "sqlite":
+        url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    else:
+        url = _ledger_url(request.getfixturevalue("postgres_db"))
+    ledger = DeliveryLedger(url)
+    ledger.request_approval("churn", WEEK, "f1", {CHURN_TO[0]: "a.eml"})
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda n: ledger.approve("churn", WEEK, f"r{n}"), range(8)))
+    [row] = ledger.approval_rows()
+    ledger.engine.dispose()
+    firsts = [row_ for row_, first in results if first]
+    assert len(firsts) == 1
+    assert {r["approver"] for r, _ in results} == {row["approver"]} == {firsts[0]["approver"]}

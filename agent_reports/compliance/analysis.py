@@ -199,7 +199,12 @@ def problem_windows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 # --------------------------------------------------------------------------- deliveries
 
-ALERT_REPORTS = {"anomalies": "alert", "ops-freshness": "ops alert", "ops-run-failure": "ops alert"}
+ALERT_REPORTS = {
+    "anomalies": "alert",
+    "ops-freshness": "ops alert",
+    "ops-run-failure": "ops alert",
+    "ops-approval-overdue": "ops alert",  # ops/alerts.py APPROVAL_REPORT
+}
 
 
 def _utc(value: datetime) -> datetime:
