@@ -260,3 +260,17 @@ def test_concurrent_approvals_have_one_first(database, request, tmp_path):
     firsts = [row_ for row_, first in results if first]
     assert len(firsts) == 1
     assert {r["approver"] for r, _ in results} == {row["approver"]} == {firsts[0]["approver"]}
+
+
+def test_the_launchpad_shows_the_approval_fields():
+    """The run config a reviewer fills in: three required fields and an optional comment."""
+    schema = defs.resolve_job_def("approve_report_job").run_config_schema.config_type
+    op = schema.fields["ops"].config_type.fields["approve_report"].config_type
+    fields = op.fields["config"].config_type.fields
+    assert {name: f.is_required for name, f in fields.items()} == {
+        "analysis": True,
+        "partition": True,
+        "approver": True,
+        "comment": False,
+    }
+    assert fields["analysis"].description.endswith("churn or briefing")

@@ -67,7 +67,9 @@ assert set(PARTITIONS) == set(APPROVABLE)
 class ApproveReportConfig(Config):
     """Run config of the approve job (Launchpad: ops → approve_report → config)."""
 
-    analysis: str = Field(description=f"the analysis whose e-mail awaits approval: {APPROVABLE}")
+    analysis: str = Field(
+        description=f"the analysis whose e-mail awaits approval: {' or '.join(APPROVABLE)}"
+    )
     partition: str = Field(
         description="the window's partition key, as on the e-mail asset (e.g. 2024-03-04)"
     )
