@@ -8,6 +8,8 @@ from zoneinfo import ZoneInfo
 import pyarrow as pa
 import pytest
 
+from agent_reports.anomalies.partitions import ANOMALIES
+from agent_reports.briefing.partitions import BRIEFING
 from agent_reports.compliance.analysis import (
     Materialization,
     PolicyConfig,
@@ -24,6 +26,7 @@ from agent_reports.compliance.analysis import (
     windows_due,
 )
 from agent_reports.core.access_logs import RECORD_SCHEMA
+from agent_reports.market.partitions import MARKET
 
 NY = ZoneInfo("America/New_York")
 MARCH, APRIL = datetime(2024, 3, 1, tzinfo=UTC), datetime(2024, 4, 1, tzinfo=UTC)
@@ -31,7 +34,8 @@ MARCH, APRIL = datetime(2024, 3, 1, tzinfo=UTC), datetime(2024, 4, 1, tzinfo=UTC
 
 def _day(key: str, tz=UTC) -> Window:
     start = datetime.fromisoformat(key).replace(tzinfo=tz)
-    return Window("market" if tz is UTC else "briefing", key, start, start + timedelta(days=1))
+    analysis = MARKET if tz is UTC else BRIEFING
+    return Window(analysis.name, key, start, start + timedelta(days=1), analysis.deadline)
 
 
 def _ts(text: str) -> float:
@@ -40,9 +44,8 @@ def _ts(text: str) -> float:
 
 def test_deadlines_follow_each_analysis_and_new_york_dst():
     assert _day("2024-03-05").deadline == datetime(2024, 3, 7, 1, tzinfo=UTC)  # end + 25 h
-    hour = Window(
-        "anomalies", "2024-03-05-10:00", *(datetime(2024, 3, 5, h, tzinfo=UTC) for h in (10, 11))
-    )
+    start, end = (datetime(2024, 3, 5, h, tzinfo=UTC) for h in (10, 11))
+    hour = Window("anomalies", "2024-03-05-10:00", start, end, ANOMALIES.deadline)
     assert hour.deadline == datetime(2024, 3, 5, 13, tzinfo=UTC)
     # 09:30 New York: 14:30 UTC before the 10 March DST change, 13:30 UTC after it.
     assert _day("2024-03-08", NY).deadline.astimezone(UTC) == datetime(
@@ -83,7 +86,7 @@ def test_windows_are_classified_from_history_before_the_cutoff():
         RunAttempt("market", "r8", ("2024-03-07",), "SUCCESS", _ts("2024-03-08T06:30"), 1, "r7"),
         RunAttempt("market", "r9", ("2024-03-04",), "FAILURE", _ts("2024-04-02T06:00")),  # later
     ]
-    result = coverage(windows, mats, runs, APRIL)
+    result = coverage(windows, mats, runs, APRIL, ["market", "anomalies", "churn", "briefing"])
     got = {r["window"]: (r["status"], r["flags"]) for r in result["windows"]}
     assert got == {
         "2024-03-01": ("ok", []),

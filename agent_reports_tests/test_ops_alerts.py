@@ -30,14 +30,20 @@ from dagster import (
 
 from agent_reports.briefing.partitions import briefing_partitions
 from agent_reports.compliance.analysis import Materialization, Window, classify_window
-from agent_reports.core.deadlines import DEADLINES
 from agent_reports.core.resources import DeliveryResource
+from agent_reports.definitions import ANALYSES as DECLARED
 from agent_reports.definitions import defs
 from agent_reports.market.assets import market_report
-from agent_reports.market.partitions import market_partitions
+from agent_reports.market.partitions import MARKET, market_partitions
 from agent_reports.ops import ClockResource
 from agent_reports.ops.alerts import freshness_alert_sensor, run_failure_alert_sensor
-from agent_reports.ops.freshness import FRESHNESS, newest_due_window
+from agent_reports.ops.freshness import newest_due_window, policy_for
+
+# Each declared analysis' deadline, and the UI policy built from it.
+DEADLINES = {a.name: a.deadline for a in DECLARED if a.deadline}
+FRESHNESS = {
+    a.report_key: policy_for(a.deadline, a.schedule.time_of_day()) for a in DECLARED if a.deadline
+}
 
 STALE = "[agent_reports] {} is stale: window {} missing"
 
@@ -226,7 +232,7 @@ def test_briefing_is_due_at_nine_thirty_new_york_across_dst_and_not_on_weekends(
 
 def _market_window(key: str) -> Window:
     span = market_partitions.time_window_for_partition_key(key)
-    return Window("market", key, span.start, span.end)
+    return Window("market", key, span.start, span.end, MARKET.deadline)
 
 
 def _materializations(instance: DagsterInstance, key: str) -> list[Materialization]:
@@ -248,7 +254,7 @@ def test_alert_and_audit_judge_by_the_same_deadline(instance, ops_mail, monkeypa
 
     for window in (on_time, late):
         minute_after = window.deadline + timedelta(minutes=1)
-        due = newest_due_window("market", market_partitions, minute_after)
+        due = newest_due_window("market", market_partitions, minute_after, MARKET.deadline)
         assert (due.key, due.deadline) == (window.key, window.deadline)
         _evaluate(instance, market_on, window.deadline - timedelta(minutes=1))
         _evaluate(instance, market_on, minute_after)

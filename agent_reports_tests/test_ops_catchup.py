@@ -21,7 +21,7 @@ from dagster import (
 )
 from dateutil.relativedelta import relativedelta
 
-from agent_reports.definitions import CATCHUPS, defs
+from agent_reports.definitions import ANALYSES, defs
 from agent_reports.market.assets import market_report
 from agent_reports.market.partitions import market_job
 from agent_reports.ops import ClockResource
@@ -31,6 +31,7 @@ from agent_reports_tests.conftest import BIN
 NOW = datetime(2024, 3, 10, 7, 0, tzinfo=UTC)  # after the 06:00 tick for 2024-03-09
 MATERIALISED = ["2024-03-03", "2024-03-05"]  # ran before / between outages
 WINDOW_DAYS = 7
+CATCHUPS = [analysis.catchup_spec() for analysis in ANALYSES if analysis.catchup]
 
 
 def _running_market() -> CatchUp:

@@ -4,7 +4,7 @@ are injected at seeded random times. It prints what the four promises come to.
 
 The daemon's scheduler ticks on the wall clock, so the soak plays its part on a compressed
 clock: for every window of every analysis whose schedule tick falls in the simulated span
-(the tick is the window's end plus the analysis' delay, as `definitions.CATCHUPS` states
+(the tick is the window's end plus the analysis' delay, as each declaration's `lag` states
 and test_ops_catchup checks against each schedule), it submits at the tick's compressed
 time the run that schedule requests (same job and partition), over GraphQL as the UI
 does. Everything after that is real: the run queue and pools, the daemon (run retries and
@@ -120,11 +120,11 @@ def due_windows(start: datetime, hours: int) -> list[Window]:
     """Every window whose schedule tick falls in [start, start + hours), by tick."""
     from dagster import TimeWindow
 
-    from agent_reports.definitions import CATCHUPS
+    from agent_reports.definitions import ANALYSES
 
     end = start + timedelta(hours=hours)
     windows = []
-    for spec in CATCHUPS:
+    for spec in (analysis.catchup_spec() for analysis in ANALYSES if analysis.catchup):
         partitions = spec.partitions_def
         span = TimeWindow(start - timedelta(days=40), end)
         for key in partitions.get_partition_keys_in_time_window(span):

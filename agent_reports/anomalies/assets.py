@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 
 from dagster import (
     AssetExecutionContext,
-    BackfillPolicy,
     Failure,
     MaterializeResult,
     MetadataValue,
@@ -26,7 +25,7 @@ from agent_reports.anomalies.analysis import (
     detect,
     partition_traffic,
 )
-from agent_reports.anomalies.partitions import ANALYSIS, POOL, anomalies_partitions
+from agent_reports.anomalies.partitions import ANALYSIS, ANOMALIES, anomalies_partitions
 from agent_reports.core import settings
 from agent_reports.core.analyst import AnalystAnswer, AnalystRequest
 from agent_reports.core.delivery import Message
@@ -44,12 +43,7 @@ from agent_reports.core.resources import (
 )
 from agent_reports.core.sources import InputError
 
-COMMON = {
-    "group_name": ANALYSIS,
-    "partitions_def": anomalies_partitions,
-    "pool": POOL,
-    "backfill_policy": BackfillPolicy.single_run(),
-}
+COMMON = ANOMALIES.asset_args()
 
 
 def _hours(context: AssetExecutionContext) -> dict[str, int]:

@@ -1,29 +1,29 @@
-"""Anomaly partitions and schedule: one UTC hour per partition, run at :05 for the hour before."""
+"""The anomaly scan, declared once: one UTC hour per partition, run at :05 for the hour
+before; its report is due 2 hours after the hour ends. Windows whose access logs grow
+after their report are listed (and re-run on request) by the late-lines sensor."""
 
-from dagster import (
-    AssetSelection,
-    HourlyPartitionsDefinition,
-    build_schedule_from_partitioned_job,
-    define_asset_job,
-)
+from datetime import timedelta
 
-ANALYSIS = "anomalies"
-POOL = ANALYSIS
-START = "2024-01-01-00:00"
+from dagster import HourlyPartitionsDefinition
 
-anomalies_partitions = HourlyPartitionsDefinition(start_date=START, timezone="UTC")
+from agent_reports.core.declaration import Analysis, Deadline, Schedule
 
-anomalies_job = define_asset_job(
-    name="anomalies_job",
-    selection=AssetSelection.groups(ANALYSIS),
-    partitions_def=anomalies_partitions,
+ANOMALIES = Analysis(
+    name="anomalies",
+    partitions=HourlyPartitionsDefinition(start_date="2024-01-01-00:00", timezone="UTC"),
+    schedule=Schedule(
+        minute=5,
+        description="Every hour at :05 UTC: the hour that just ended (run_key = the hour).",
+    ),
+    lag=timedelta(minutes=5),
+    pool="anomalies",
+    deadline=Deadline(after_end=timedelta(hours=2)),
+    late_lines=True,
+    owner="team:platform",
+    cadence="hourly",
     description="Access logs → hourly features → anomalies → report → alert, per UTC hour.",
+    package=__package__,
 )
 
-# Built from the job so the cron cannot drift from the partition grain: at :05 it requests
-# the newest complete hour with run_key = partition key.
-anomalies_schedule = build_schedule_from_partitioned_job(
-    anomalies_job,
-    minute_of_hour=5,
-    description="Every hour at :05 UTC: the hour that just ended (run_key = the hour).",
-)
+# The names the folder's assets, checks and tests use.
+ANALYSIS, POOL, anomalies_partitions = ANOMALIES.name, ANOMALIES.pool, ANOMALIES.partitions

@@ -18,7 +18,6 @@ from dagster import (
     AssetDep,
     AssetExecutionContext,
     AssetKey,
-    BackfillPolicy,
     Failure,
     LastPartitionMapping,
     MaterializeResult,
@@ -28,7 +27,7 @@ from dagster import (
 
 from agent_reports.briefing import prompts
 from agent_reports.briefing.analysis import briefing_inputs, missing_sources
-from agent_reports.briefing.partitions import ANALYSIS, POOL, as_of, briefing_partitions
+from agent_reports.briefing.partitions import ANALYSIS, BRIEFING, as_of, briefing_partitions
 from agent_reports.core import settings
 from agent_reports.core.analyst import AnalystAnswer, AnalystRequest
 from agent_reports.core.delivery import (
@@ -54,12 +53,7 @@ from agent_reports.core.report_email import (
 from agent_reports.core.reports import Report, Table
 from agent_reports.core.resources import AnalystResource, DeliveryResource, ReportStoreResource
 
-COMMON = {
-    "group_name": ANALYSIS,
-    "partitions_def": briefing_partitions,
-    "pool": POOL,
-    "backfill_policy": BackfillPolicy.single_run(),
-}
+COMMON = BRIEFING.asset_args()
 # The ledger's fingerprint for a briefing: constant, so each (day, recipient) gets one
 # email, ever, even if a re-run reads a report that arrived after 09:00.
 EMAIL_FINGERPRINT = "briefing-email-v1"

@@ -1,5 +1,5 @@
-"""Briefing partitions and schedule: one New York weekday per partition, run at 09:00 New
-York time for that same day.
+"""The briefing, declared once: one New York weekday per partition, run at 09:00 New York
+time for that same day, emailed to AGENT_REPORTS_BRIEFING_RECIPIENTS; due at 09:30.
 
 Weekends are excluded from the partitions themselves, so the catch-up sensor never sees a
 weekend window, and the schedule's cron says so too: `0 9 * * 1-5` in New York time, one
@@ -9,52 +9,37 @@ yesterday's. The timezone makes 09:00 mean 09:00 local across both DST
 changes (14:00 UTC in winter, 13:00 UTC in summer).
 """
 
-from datetime import datetime, timedelta
-from zoneinfo import ZoneInfo
+from datetime import datetime, time, timedelta
 
-from dagster import (
-    AssetSelection,
-    DailyPartitionsDefinition,
-    RunRequest,
-    ScheduleEvaluationContext,
-    SkipReason,
-    define_asset_job,
-    schedule,
-)
+from dagster import DailyPartitionsDefinition
 
-ANALYSIS = "briefing"
-POOL = ANALYSIS
-START_DATE = "2024-01-01"
+from agent_reports.core.declaration import Analysis, Deadline, Schedule
+
 TIMEZONE = "America/New_York"
-BRIEFING_TIME = timedelta(hours=9)  # local wall-clock time after midnight
-WEEKENDS = "0 0 * * 6,0"
-WEEKDAY_CRON = f"0 {int(BRIEFING_TIME.total_seconds()) // 3600} * * 1-5"
 
-briefing_partitions = DailyPartitionsDefinition(
-    start_date=START_DATE, timezone=TIMEZONE, exclusions=[WEEKENDS], end_offset=1
-)
-
-briefing_job = define_asset_job(
-    name="briefing_job",
-    selection=AssetSelection.groups(ANALYSIS),
-    partitions_def=briefing_partitions,
+BRIEFING = Analysis(
+    name="briefing",
+    partitions=DailyPartitionsDefinition(
+        start_date="2024-01-01", timezone=TIMEZONE, exclusions=["0 0 * * 6,0"], end_offset=1
+    ),
+    schedule=Schedule(
+        cron="0 9 * * 1-5",
+        description="09:00 New York, Monday to Friday: that day's briefing (run_key = the day).",
+    ),
+    lag=timedelta(hours=-15),  # 09:00 of the day itself, 15 h before the day ends
+    pool="briefing",
+    deadline=Deadline(local_time=time(9, 30), timezone=TIMEZONE, weekdays="1-5"),
+    recipients_variable="AGENT_REPORTS_BRIEFING_RECIPIENTS",
+    owner="team:agent-reports",
+    cadence="weekdays",
     description="Latest market, anomaly and churn reports → one-page briefing → email.",
+    package=__package__,
 )
 
-
-@schedule(
-    cron_schedule=WEEKDAY_CRON,
-    job=briefing_job,
-    execution_timezone=TIMEZONE,
-    name="briefing_job_schedule",
-    description="09:00 New York, Monday to Friday: that day's briefing (run_key = the day).",
-)
-def briefing_schedule(context: ScheduleEvaluationContext) -> RunRequest | SkipReason:
-    """The tick's own New York day (a weekday, so a partition once past the start date)."""
-    day = context.scheduled_execution_time.astimezone(ZoneInfo(TIMEZONE)).date().isoformat()
-    if day < START_DATE:
-        return SkipReason(f"{day} is before the first briefing partition, {START_DATE}")
-    return briefing_job.run_request_for_partition(partition_key=day, run_key=day)
+# The names the folder's assets, checks and tests use.
+ANALYSIS, POOL, briefing_partitions = BRIEFING.name, BRIEFING.pool, BRIEFING.partitions
+briefing_schedule = BRIEFING.schedule_def
+BRIEFING_TIME = BRIEFING.schedule.time_of_day()  # local wall-clock time after midnight
 
 
 def as_of(partition_key: str) -> datetime:

@@ -14,7 +14,6 @@ from typing import Any
 import pandas as pd
 from dagster import (
     AssetExecutionContext,
-    BackfillPolicy,
     Config,
     Failure,
     MaterializeResult,
@@ -31,7 +30,7 @@ from agent_reports.churn.analysis import (
     risk_chart,
     segment_chart,
 )
-from agent_reports.churn.partitions import ANALYSIS, POOL, churn_partitions
+from agent_reports.churn.partitions import ANALYSIS, CHURN, churn_partitions
 from agent_reports.core import settings
 from agent_reports.core.analyst import AnalystAnswer, AnalystRequest
 from agent_reports.core.csv_files import COVERAGE_COLUMNS, coverage_note, coverage_rows
@@ -70,12 +69,7 @@ from agent_reports.core.resources import (
 )
 from agent_reports.core.sources import InputError
 
-COMMON = {
-    "group_name": ANALYSIS,
-    "partitions_def": churn_partitions,
-    "pool": POOL,
-    "backfill_policy": BackfillPolicy.single_run(),
-}
+COMMON = CHURN.asset_args()
 AT_RISK_FILENAME = "at-risk-customers.csv"
 REPORT_TOP_ROWS = 20
 

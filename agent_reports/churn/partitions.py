@@ -1,32 +1,31 @@
-"""Churn partitions and schedule: one UTC week (Monday start) per partition, run Monday
-07:00 UTC for the week just ended."""
+"""The churn report, declared once: one UTC week (Monday start) per partition, run Monday
+07:00 UTC for the week just ended, emailed to AGENT_REPORTS_CHURN_RECIPIENTS; due 8 days
+after the week ends."""
 
-from dagster import (
-    AssetSelection,
-    WeeklyPartitionsDefinition,
-    build_schedule_from_partitioned_job,
-    define_asset_job,
-)
+from datetime import timedelta
 
-ANALYSIS = "churn"
-POOL = ANALYSIS
-START_DATE = "2024-01-01"  # a Monday
+from dagster import WeeklyPartitionsDefinition
 
-churn_partitions = WeeklyPartitionsDefinition(start_date=START_DATE, day_offset=1, timezone="UTC")
+from agent_reports.core.declaration import Analysis, Deadline, Schedule
 
-churn_job = define_asset_job(
-    name="churn_job",
-    selection=AssetSelection.groups(ANALYSIS),
-    partitions_def=churn_partitions,
+CHURN = Analysis(
+    name="churn",
+    # 2024-01-01 is a Monday.
+    partitions=WeeklyPartitionsDefinition(start_date="2024-01-01", day_offset=1, timezone="UTC"),
+    schedule=Schedule(
+        day_of_week=1,
+        hour=7,
+        description="Mondays at 07:00 UTC: the week (Monday to Sunday) that just ended.",
+    ),
+    lag=timedelta(hours=7),
+    pool="churn",
+    deadline=Deadline(after_end=timedelta(days=8)),
+    recipients_variable="AGENT_REPORTS_CHURN_RECIPIENTS",
+    owner="team:customer-success",
+    cadence="weekly",
     description="Customers → model and segments → report → email, for one UTC week.",
+    package=__package__,
 )
 
-# Built from the job, so the cron follows the partition grain: Monday 07:00 UTC requests
-# the week that ended at Monday 00:00, with run_key = partition key.
-churn_schedule = build_schedule_from_partitioned_job(
-    churn_job,
-    day_of_week=1,
-    hour_of_day=7,
-    minute_of_hour=0,
-    description="Mondays at 07:00 UTC: the week (Monday to Sunday) that just ended.",
-)
+# The names the folder's assets, checks and tests use.
+ANALYSIS, POOL, churn_partitions = CHURN.name, CHURN.pool, CHURN.partitions

@@ -30,14 +30,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from agent_reports.core.deadlines import DEADLINES as ALL_DEADLINES
 from agent_reports.core.deadlines import Deadline
 
-# When each audited analysis' report is due: the table the stale-window alert and the
-# UI's freshness policies use too (core/deadlines.py), less the audit itself.
-DEADLINES: dict[str, Deadline] = {
-    analysis: due for analysis, due in ALL_DEADLINES.items() if analysis != "compliance"
-}
 STATUSES = ("ok", "late", "missing", "failed")
 FLAGS = ("degraded", "re-run", "retried", "failed attempts")
 FAILED_RUN_STATUSES = {"FAILURE", "CANCELED"}
@@ -48,16 +42,18 @@ FAILED_RUN_STATUSES = {"FAILURE", "CANCELED"}
 
 @dataclass(frozen=True)
 class Window:
-    """One scheduled window of one analysis (aware datetimes, as its partitions define)."""
+    """One scheduled window of one analysis (aware datetimes, as its partitions define),
+    with the analysis' declared deadline rule: the one its stale-window alert applies."""
 
     analysis: str
     key: str
     start: datetime
     end: datetime
+    due: Deadline
 
     @property
     def deadline(self) -> datetime:
-        return DEADLINES[self.analysis].due(self.start, self.end)
+        return self.due.due(self.start, self.end)
 
 
 @dataclass(frozen=True)
@@ -165,9 +161,11 @@ def coverage(
     materializations: Iterable[Materialization],
     runs: Iterable[RunAttempt],
     cutoff: datetime,
+    analyses: Iterable[str] = (),
 ) -> dict[str, Any]:
     """Per-analysis counts and the classification of every window, from history before
-    `cutoff` (the audit's month end: what happened later belongs to a later audit)."""
+    `cutoff` (the audit's month end: what happened later belongs to a later audit); each
+    of `analyses` gets a row even with no window due."""
     limit = cutoff.timestamp()
     by_window: dict[tuple[str, str], list[Materialization]] = defaultdict(list)
     for m in materializations:
@@ -183,7 +181,7 @@ def coverage(
         for w in windows
     ]
     per_analysis: dict[str, dict[str, int]] = {}
-    for analysis in sorted({w.analysis for w in windows} | set(DEADLINES)):
+    for analysis in sorted({w.analysis for w in windows} | set(analyses)):
         mine = [r for r in rows if r["analysis"] == analysis]
         counts = {"windows": len(mine)}
         counts |= {s: sum(r["status"] == s for r in mine) for s in STATUSES}

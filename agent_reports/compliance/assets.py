@@ -11,9 +11,7 @@ from datetime import datetime, timedelta
 
 from dagster import (
     AssetExecutionContext,
-    AssetKey,
     AssetRecordsFilter,
-    BackfillPolicy,
     DagsterInstance,
     MaterializeResult,
     MetadataValue,
@@ -24,9 +22,6 @@ from dagster import (
     asset,
 )
 
-from agent_reports.anomalies.partitions import anomalies_partitions
-from agent_reports.briefing.partitions import briefing_partitions
-from agent_reports.churn.partitions import churn_partitions
 from agent_reports.compliance import prompts
 from agent_reports.compliance.analysis import (
     Materialization,
@@ -45,9 +40,10 @@ from agent_reports.compliance.analysis import (
     windows_due,
 )
 from agent_reports.compliance.logs import ReadStats, month_records
-from agent_reports.compliance.partitions import ANALYSIS, POOL, compliance_partitions
+from agent_reports.compliance.partitions import ANALYSIS, COMPLIANCE, compliance_partitions
 from agent_reports.core import settings
 from agent_reports.core.analyst import AnalystAnswer, AnalystRequest
+from agent_reports.core.declaration import DeclaredReport, declared_reports
 from agent_reports.core.publishing import publish_reports, report_from_answer, report_notes
 from agent_reports.core.quality import LOW_SCORE
 from agent_reports.core.reports import Report, Table
@@ -58,21 +54,8 @@ from agent_reports.core.resources import (
     ReportStoreResource,
 )
 from agent_reports.core.sources import InputError
-from agent_reports.market.partitions import market_partitions
 
-COMMON = {
-    "group_name": ANALYSIS,
-    "partitions_def": compliance_partitions,
-    "pool": POOL,
-    "backfill_policy": BackfillPolicy.single_run(),
-}
-# The analyses audited: their report's partitions (the schedule windows).
-AUDITED: dict[str, TimeWindowPartitionsDefinition] = {
-    "market": market_partitions,
-    "anomalies": anomalies_partitions,
-    "churn": churn_partitions,
-    "briefing": briefing_partitions,
-}
+COMMON = COMPLIANCE.asset_args()
 # Windows due in a month started at most this long before it (churn: a week + 8 days).
 LOOKBACK = timedelta(days=32)
 PAGE = 1000
@@ -87,23 +70,30 @@ def _months(context: AssetExecutionContext) -> dict[str, TimeWindow]:
     }
 
 
-def expected_windows(month: TimeWindow) -> list[Window]:
+def audited(context: AssetExecutionContext) -> list[DeclaredReport]:
+    """The analyses audited: every declared analysis of the code location that is not
+    exempt (the audit itself), with its report's partitions (the schedule windows)."""
+    return [d for d in declared_reports(context.repository_def) if d.audited]
+
+
+def expected_windows(month: TimeWindow, analyses: list[DeclaredReport]) -> list[Window]:
     """Every audited analysis' windows whose deadline falls in the month."""
     query = TimeWindow(month.start - LOOKBACK, month.end)
     windows = []
-    for analysis, partitions_def in AUDITED.items():
+    for declared in analyses:
+        partitions_def = declared.partitions_def
         for key in partitions_def.get_partition_keys_in_time_window(query):
             span = partitions_def.time_window_for_partition_key(key)
-            windows.append(Window(analysis, key, span.start, span.end))
+            windows.append(Window(declared.analysis, key, span.start, span.end, declared.deadline))
     return windows_due(windows, month.start, month.end)
 
 
 def report_materializations(
-    instance: DagsterInstance, analysis: str, after: datetime, before: datetime
+    instance: DagsterInstance, declared: DeclaredReport, after: datetime, before: datetime
 ) -> list[Materialization]:
     """The analysis' report materialisations in [after, before), all pages."""
     records_filter = AssetRecordsFilter(
-        asset_key=AssetKey(f"{analysis}_report"),
+        asset_key=declared.report_key,
         after_timestamp=after.timestamp(),
         before_timestamp=before.timestamp(),
     )
@@ -118,7 +108,7 @@ def report_materializations(
             cost = metadata.get("llm_cost_usd")
             found.append(
                 Materialization(
-                    analysis,
+                    declared.analysis,
                     record.partition_key,
                     record.timestamp,
                     record.run_id,
@@ -141,21 +131,23 @@ def _run_keys(tags: dict[str, str], partitions_def: TimeWindowPartitionsDefiniti
     return ()
 
 
-def analysis_runs(instance: DagsterInstance, after: datetime) -> list[RunAttempt]:
+def analysis_runs(
+    instance: DagsterInstance, after: datetime, analyses: list[DeclaredReport]
+) -> list[RunAttempt]:
     """Runs created after `after` that targeted an audited analysis' report: its job, or
     an asset selection holding the report (UI materialisations, backfills)."""
     attempts = []
     for record in instance.get_run_records(RunsFilter(created_after=after)):
         run = record.dagster_run
-        for analysis, partitions_def in AUDITED.items():
-            report = AssetKey(f"{analysis}_report")
-            if run.job_name != f"{analysis}_job" and report not in (run.asset_selection or ()):
+        for declared in analyses:
+            report = declared.report_key
+            if run.job_name != declared.job_name and report not in (run.asset_selection or ()):
                 continue
             attempts.append(
                 RunAttempt(
-                    analysis,
+                    declared.analysis,
                     run.run_id,
-                    _run_keys(run.tags, partitions_def),
+                    _run_keys(run.tags, declared.partitions_def),
                     run.status.value,
                     record.start_time,
                     int(run.tags.get("dagster/retry_number", 0)),
@@ -177,16 +169,18 @@ def compliance_history(
         entries = ledger.entries()
     finally:
         ledger.engine.dispose()
-    values = {}
+    analyses, values = audited(context), {}
+    names = [declared.analysis for declared in analyses]
     for key, month in _months(context).items():
-        windows = expected_windows(month)
+        windows = expected_windows(month, analyses)
         after = min(w.start for w in windows) if windows else month.start
         mats = [
             m
-            for analysis in AUDITED
-            for m in report_materializations(context.instance, analysis, after, month.end)
+            for declared in analyses
+            for m in report_materializations(context.instance, declared, after, month.end)
         ]
-        result = coverage(windows, mats, analysis_runs(context.instance, after), month.end)
+        runs = analysis_runs(context.instance, after, analyses)
+        result = coverage(windows, mats, runs, month.end, names)
         sent = deliveries(entries, month.start, month.end)
         values[key] = {
             "coverage": result["per_analysis"],

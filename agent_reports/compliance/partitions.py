@@ -1,32 +1,31 @@
-"""Compliance partitions and schedule: one UTC calendar month per partition, run at 00:00 UTC
-on the 1st for the month just ended."""
+"""The compliance audit, declared once: one UTC calendar month per partition, run at 00:00
+UTC on the 1st for the month just ended. It audits every other declared analysis, not
+itself; its own report is due 32 days after the month ends."""
 
-from dagster import (
-    AssetSelection,
-    MonthlyPartitionsDefinition,
-    build_schedule_from_partitioned_job,
-    define_asset_job,
-)
+from datetime import timedelta
 
-ANALYSIS = "compliance"
-POOL = ANALYSIS
-START_DATE = "2024-01-01"
+from dagster import MonthlyPartitionsDefinition
 
-compliance_partitions = MonthlyPartitionsDefinition(start_date=START_DATE, timezone="UTC")
+from agent_reports.core.declaration import Analysis, Deadline, Schedule
 
-compliance_job = define_asset_job(
-    name="compliance_job",
-    selection=AssetSelection.groups(ANALYSIS),
-    partitions_def=compliance_partitions,
+COMPLIANCE = Analysis(
+    name="compliance",
+    partitions=MonthlyPartitionsDefinition(start_date="2024-01-01", timezone="UTC"),
+    schedule=Schedule(
+        day_of_month=1,
+        hour=0,
+        description="The 1st of each month at 00:00 UTC: the audit of the month that just ended.",
+    ),
+    lag=timedelta(0),
+    pool="compliance",
+    deadline=Deadline(after_end=timedelta(days=32)),
+    audited=False,
+    late_lines=True,
+    owner="team:compliance",
+    cadence="monthly",
     description="Run history, deliveries and access logs → audit report, per UTC month.",
+    package=__package__,
 )
 
-# Built from the job, so the cron follows the partition grain: 00:00 UTC on the 1st
-# requests the month that just ended, with run_key = partition key.
-compliance_schedule = build_schedule_from_partitioned_job(
-    compliance_job,
-    day_of_month=1,
-    hour_of_day=0,
-    minute_of_hour=0,
-    description="The 1st of each month at 00:00 UTC: the audit of the month that just ended.",
-)
+# The names the folder's assets, checks and tests use.
+ANALYSIS, POOL, compliance_partitions = COMPLIANCE.name, COMPLIANCE.pool, COMPLIANCE.partitions

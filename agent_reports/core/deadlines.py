@@ -1,14 +1,17 @@
-"""When each analysis' report for a window is due: one table, three readers.
+"""When an analysis' report for a window is due: one rule per analysis, three readers.
 
-The freshness policies the UI shows (ops/freshness.py), the stale-window alert
-(ops/alerts.py) and the compliance audit's on-time/late classification
-(compliance/analysis.py) all read `DEADLINES`, so the alert and the audit cannot disagree
-about whether a window was late. Pure Python, no Dagster: the audit's analysis module
-must stay importable without it.
+Each analysis declares its `Deadline` once (core/declaration.py). The freshness policy the
+UI shows (ops/freshness.py), the stale-window alert (ops/alerts.py) and the compliance
+audit's on-time/late classification (compliance/analysis.py) all apply that one rule, so
+the alert and the audit cannot disagree about whether a window was late. Pure Python, no
+Dagster: the audit's analysis module must stay importable without it.
 """
+
+from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 
@@ -36,16 +39,19 @@ class Deadline:
         day = window_start.astimezone(zone).date()
         return datetime.combine(day, self.local_time, tzinfo=zone)
 
+    def to_dict(self) -> dict[str, Any]:
+        """As JSON (the report asset's metadata carries it to the alerts and the audit)."""
+        if self.after_end is not None:
+            return {"after_end_seconds": self.after_end.total_seconds()}
+        at = self.local_time.isoformat(timespec="minutes")  # type: ignore[union-attr]
+        return {"local_time": at, "timezone": self.timezone, "weekdays": self.weekdays}
 
-DEADLINES: dict[str, Deadline] = {
-    "market": Deadline(after_end=timedelta(hours=25)),
-    "anomalies": Deadline(after_end=timedelta(hours=2)),
-    "churn": Deadline(after_end=timedelta(days=8)),
-    "compliance": Deadline(after_end=timedelta(days=32)),
-    "briefing": Deadline(local_time=time(9, 30), timezone="America/New_York", weekdays="1-5"),
-}
-
-
-def deadline(analysis: str, window_start: datetime, window_end: datetime) -> datetime:
-    """When `analysis`' report for the window [window_start, window_end) is due."""
-    return DEADLINES[analysis].due(window_start, window_end)
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Deadline:
+        if "after_end_seconds" in data:
+            return cls(after_end=timedelta(seconds=data["after_end_seconds"]))
+        return cls(
+            local_time=time.fromisoformat(data["local_time"]),
+            timezone=data["timezone"],
+            weekdays=data["weekdays"],
+        )

@@ -3,31 +3,21 @@ under the logs folder and records, per hour of its run, what the store holds.
 
 The analyses do not depend on it: the files source ingests before every read, and
 whichever ingest comes first does the work (the others find nothing new). So it sits in
-its own group and job, not in the anomalies job, where it would add two events per hour
-to every backfill. Its schedule (`ingest_job_schedule`, :02 past each hour, off by
-default like every schedule) keeps it current; materialising a range shows each hour.
+its own group and job (ingest/partitions.py), not in the anomalies job, where it would add
+two events per hour to every backfill. Its schedule (`ingest_job_schedule`, :02 past each
+hour, off by default like every schedule) keeps it current; materialising a range shows
+each hour.
 No pool: the store's file lock keeps two ingests apart.
 """
 
 from pathlib import Path
 
-from dagster import (
-    AssetExecutionContext,
-    BackfillPolicy,
-    Failure,
-    MaterializeResult,
-    MetadataValue,
-    asset,
-    build_schedule_from_partitioned_job,
-    define_asset_job,
-)
+from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
-from agent_reports.anomalies.partitions import anomalies_partitions
 from agent_reports.core.log_store import LogStore, folder_store
 from agent_reports.core.resources import DataSourceResource
 from agent_reports.core.sources import FileSource, InputError
-
-GROUP = "ingest"
+from agent_reports.ingest.partitions import INGEST
 
 
 def source_store(source: DataSourceResource) -> tuple[Path, LogStore] | None:
@@ -44,15 +34,10 @@ def source_store(source: DataSourceResource) -> tuple[Path, LogStore] | None:
 
 
 def _epoch_hour(key: str) -> int:
-    return int(anomalies_partitions.time_window_for_partition_key(key).start.timestamp()) // 3600
+    return int(INGEST.partitions.time_window_for_partition_key(key).start.timestamp()) // 3600
 
 
-@asset(
-    group_name=GROUP,
-    partitions_def=anomalies_partitions,
-    backfill_policy=BackfillPolicy.single_run(),
-    kinds={"parquet"},
-)
+@asset(**INGEST.asset_args(), kinds={"parquet"})
 def access_log_store(
     context: AssetExecutionContext, source: DataSourceResource
 ) -> MaterializeResult:
@@ -97,16 +82,3 @@ def access_log_store(
             "hours_changed": len(summary.hours),
         }
     )
-
-
-ingest_job = define_asset_job(
-    name="ingest_job",
-    selection=[access_log_store],
-    partitions_def=anomalies_partitions,
-    description="New access-log lines into the log store; each hour's lines, bytes, files.",
-)
-ingest_schedule = build_schedule_from_partitioned_job(
-    ingest_job,
-    minute_of_hour=2,
-    description="Every hour at :02 UTC: new access-log lines into the log store.",
-)

@@ -2,14 +2,14 @@
 
 from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_check
 
-from agent_reports.anomalies.partitions import anomalies_partitions
 from agent_reports.core.resources import DataSourceResource
 from agent_reports.ingest.assets import access_log_store, source_store
+from agent_reports.ingest.partitions import INGEST
 
 MAX_LISTED = 20
 
 
-@asset_check(asset=access_log_store, partitions_def=anomalies_partitions)
+@asset_check(asset=access_log_store, partitions_def=INGEST.partitions)
 def raw_files_read_to_the_end(context, source: DataSourceResource) -> AssetCheckResult:
     """No raw file broke off while it was read (a truncated or corrupt .gz): its lines after
     the break are in no report until the file is whole again."""

@@ -10,7 +10,6 @@ from datetime import date
 import pandas as pd
 from dagster import (
     AssetExecutionContext,
-    BackfillPolicy,
     Failure,
     MaterializeResult,
     MetadataValue,
@@ -29,15 +28,10 @@ from agent_reports.core.resources import AnalystResource, DataSourceResource, Re
 from agent_reports.core.sources import InputError, in_window, window_coverage
 from agent_reports.market import prompts
 from agent_reports.market.analysis import history_window, market_metrics
-from agent_reports.market.partitions import ANALYSIS, POOL, market_partitions
+from agent_reports.market.partitions import ANALYSIS, MARKET, market_partitions
 
 TICKER_COLUMNS = ["ticker", "close", "adj close", "return 1d", "volatility 20d", "volume ratio 20d"]
-COMMON = {
-    "group_name": ANALYSIS,
-    "partitions_def": market_partitions,
-    "pool": POOL,
-    "backfill_policy": BackfillPolicy.single_run(),
-}
+COMMON = MARKET.asset_args()
 
 
 def _days(context: AssetExecutionContext) -> dict[str, date]:

@@ -1,32 +1,28 @@
-"""Market partitions and schedule: one UTC day per partition, run at 06:00 for the day before."""
+"""The market analysis, declared once: one UTC day per partition, run at 06:00 UTC for the
+day before; its report is due 25 hours after the day ends."""
 
-from __future__ import annotations
+from datetime import timedelta
 
-from dagster import (
-    AssetSelection,
-    DailyPartitionsDefinition,
-    build_schedule_from_partitioned_job,
-    define_asset_job,
-)
+from dagster import DailyPartitionsDefinition
 
-ANALYSIS = "market"
-POOL = ANALYSIS
-START_DATE = "2024-01-01"
+from agent_reports.core.declaration import Analysis, Deadline, Schedule
 
-market_partitions = DailyPartitionsDefinition(start_date=START_DATE, timezone="UTC")
-
-market_job = define_asset_job(
-    name="market_job",
-    selection=AssetSelection.groups(ANALYSIS),
-    partitions_def=market_partitions,
+MARKET = Analysis(
+    name="market",
+    partitions=DailyPartitionsDefinition(start_date="2024-01-01", timezone="UTC"),
+    schedule=Schedule(
+        hour=6,
+        description="Every day at 06:00 UTC: the previous UTC day's prices (run_key = the day).",
+    ),
+    lag=timedelta(hours=6),
+    pool="market",
+    deadline=Deadline(after_end=timedelta(hours=25)),
+    owner="team:market-analytics",
+    cadence="daily",
     description="Prices → metrics → report for one UTC day (or a range, in a backfill).",
+    package=__package__,
 )
 
-# Built from the job, so the cron cannot drift from the partition grain: at 06:00 UTC it
-# requests the newest complete day with run_key = partition key.
-market_schedule = build_schedule_from_partitioned_job(
-    market_job,
-    hour_of_day=6,
-    minute_of_hour=0,
-    description="Every day at 06:00 UTC: the previous UTC day's prices (run_key = the day).",
-)
+# The names the folder's assets, checks and tests use.
+ANALYSIS, POOL, market_partitions = MARKET.name, MARKET.pool, MARKET.partitions
+market_job = MARKET.job

@@ -15,7 +15,6 @@ alert that must first be switched on is missing exactly when it is needed.
 from datetime import UTC, datetime
 
 from dagster import (
-    AssetsDefinition,
     DefaultSensorStatus,
     EnvVar,
     RunFailureSensorContext,
@@ -27,7 +26,7 @@ from dagster import (
 )
 
 from agent_reports.core import settings
-from agent_reports.core.deadlines import DEADLINES
+from agent_reports.core.declaration import DeclaredReport, declared_reports
 from agent_reports.core.delivery import (
     AWAITING,
     DeliveryOutcome,
@@ -78,22 +77,18 @@ def _summary(outcomes: list[DeliveryOutcome] | None) -> str:
     return ", ".join(f"{o.status}" + (f" ({o.reason})" if o.reason else "") for o in outcomes)
 
 
-def watched(
-    context: SensorEvaluationContext,
-) -> list[tuple[str, AssetsDefinition, ScheduleDefinition]]:
-    """(analysis, report asset, schedule) of each analysis in the deadline table that this
-    code location defines; the schedule is the one that runs `<analysis>_job`."""
+def watched(context: SensorEvaluationContext) -> list[tuple[DeclaredReport, ScheduleDefinition]]:
+    """Each declared analysis of this code location with a deadline (core/declaration.py),
+    and the schedule that runs its job."""
     repository = context.repository_def
     if repository is None:
         return []
     schedules = {schedule.job_name: schedule for schedule in repository.schedule_defs}
-    found = []
-    for analysis in DEADLINES:
-        report = repository.assets_defs_by_key.get(report_key(analysis))
-        schedule = schedules.get(f"{analysis}_job")
-        if report is not None and schedule is not None:
-            found.append((analysis, report, schedule))
-    return found
+    return [
+        (declared, schedules[declared.job_name])
+        for declared in declared_reports(repository)
+        if declared.job_name in schedules
+    ]
 
 
 def stale_message(window: DueWindow, now: datetime) -> Message:
@@ -137,11 +132,12 @@ def freshness_alert_sensor(
     """
     now = clock.now()
     lines, paused = [], []
-    for analysis, report, schedule in watched(context):
+    for declared, schedule in watched(context):
+        analysis, report = declared.analysis, declared.report
         if not schedule_is_running(context, schedule):
             paused.append(analysis)
             continue
-        window = newest_due_window(analysis, report.partitions_def, now)
+        window = newest_due_window(analysis, declared.partitions_def, now, declared.deadline)
         if window is None or has_report(context.instance, window, now):
             continue
         message = stale_message(window, now)

@@ -31,15 +31,14 @@ from dagster import (
     Failure,
     MetadataValue,
     OpExecutionContext,
-    PartitionsDefinition,
     job,
     op,
 )
 from pydantic import Field
 
-from agent_reports.briefing.partitions import briefing_partitions
-from agent_reports.churn.partitions import churn_partitions
-from agent_reports.core.deadlines import deadline
+from agent_reports.briefing.partitions import BRIEFING
+from agent_reports.churn.partitions import CHURN
+from agent_reports.core.declaration import Analysis
 from agent_reports.core.delivery import (
     ApprovalError,
     DeliveryKey,
@@ -57,11 +56,8 @@ from agent_reports.core.report_email import (
 )
 from agent_reports.core.resources import DeliveryResource, ReportStoreResource
 
-PARTITIONS: dict[str, PartitionsDefinition] = {
-    "churn": churn_partitions,
-    "briefing": briefing_partitions,
-}
-assert set(PARTITIONS) == set(APPROVABLE)
+DECLARED: dict[str, Analysis] = {"churn": CHURN, "briefing": BRIEFING}
+assert set(DECLARED) == set(APPROVABLE)
 
 
 class ApproveReportConfig(Config):
@@ -82,21 +78,22 @@ def email_asset(analysis: str) -> AssetKey:
 
 
 def window_deadline(analysis: str, partition: str) -> datetime:
-    """When the report of this window is due (core/deadlines.py)."""
-    window = PARTITIONS[analysis].time_window_for_partition_key(partition)
-    return deadline(analysis, window.start, window.end)
+    """When the report of this window is due (its declared deadline)."""
+    declared = DECLARED[analysis]
+    window = declared.partitions.time_window_for_partition_key(partition)
+    return declared.deadline.due(window.start, window.end)
 
 
 def _checked(config: ApproveReportConfig) -> tuple[str, str, str]:
     """(analysis, partition, approver) or a Failure that names what is wrong."""
     analysis, partition = config.analysis.strip(), config.partition.strip()
-    if analysis not in PARTITIONS:
+    if analysis not in DECLARED:
         raise Failure(
             f"unknown analysis {analysis!r} (partition {partition}): only "
             f"{', '.join(APPROVABLE)} e-mail their reports",
             allow_retries=False,
         )
-    if not PARTITIONS[analysis].has_partition_key(partition):
+    if not DECLARED[analysis].partitions.has_partition_key(partition):
         raise Failure(f"{analysis} has no partition {partition!r}", allow_retries=False)
     if not config.approver.strip():
         raise Failure(f"{analysis} {partition}: approver is empty", allow_retries=False)

@@ -16,6 +16,7 @@ from typing import Any
 
 from dagster import (
     AssetsDefinition,
+    AssetSpec,
     DagsterInstance,
     DagsterRunStatus,
     DefaultScheduleStatus,
@@ -74,7 +75,7 @@ class CatchUp:
 
     analysis: str
     job: Any  # the define_asset_job result (its class is not public)
-    report: AssetsDefinition
+    report: AssetsDefinition | AssetSpec  # only its key and partitions are read
     schedule: ScheduleDefinition
     due_after_end: timedelta
 

@@ -1,5 +1,5 @@
 """How fresh each analysis must be: the UI's freshness policies and the per-window rule the
-alert sensor applies, both from the one deadline table (core/deadlines.py).
+alert sensor applies, both from the analysis' declared deadline (core/declaration.py).
 
 Two views of the same deadlines, because they answer different questions:
 - the Dagster freshness policies on the report assets are what the UI shows: "time since
@@ -16,25 +16,18 @@ from datetime import datetime, timedelta
 from dagster import (
     AssetKey,
     AssetRecordsFilter,
-    AssetSpec,
     DagsterInstance,
-    Definitions,
     FreshnessPolicy,
     TimeWindow,
     TimeWindowPartitionsDefinition,
-    apply_freshness_policy,
 )
 
-from agent_reports.briefing.partitions import BRIEFING_TIME
-from agent_reports.core.deadlines import DEADLINES, Deadline
+from agent_reports.core.deadlines import Deadline
 
 # Only windows whose deadline passed less than this before `now` are judged: longer than
 # the longest period (a month), so every analysis' newest due window is inside. Older
 # windows are the compliance audit's business, never an alert.
 LOOKBACK = timedelta(days=35)
-# When the analyses with a local-time deadline are scheduled (wall-clock after midnight):
-# the lower bound of their cron policy, so the UI expects the report after the schedule ran.
-SCHEDULE_TIMES = {"briefing": BRIEFING_TIME}
 # The longest a window can start before its deadline (a month, plus the 32-day allowance).
 LONGEST_START_TO_DEADLINE = timedelta(days=64)
 
@@ -43,36 +36,22 @@ def report_key(analysis: str) -> AssetKey:
     return AssetKey(f"{analysis}_report")
 
 
-def policy_for(analysis: str, due: Deadline) -> FreshnessPolicy:
-    """The UI policy for one row of the deadline table.
+def policy_for(due: Deadline, scheduled_at: timedelta) -> FreshnessPolicy:
+    """The UI policy for one analysis' deadline.
 
     A local-time deadline becomes a cron policy whose lower bound is the analysis'
-    schedule time (the briefing: between 09:00 and 09:30 New York); the others become
-    "at most this long since the last report".
+    schedule time (`scheduled_at`, wall-clock after midnight; the briefing: between 09:00
+    and 09:30 New York), so the UI expects the report after the schedule ran; the others
+    become "at most this long since the last report".
     """
     if due.after_end is not None:
         return FreshnessPolicy.time_window(fail_window=due.after_end)
     at = due.local_time
     return FreshnessPolicy.cron(
         deadline_cron=f"{at.minute} {at.hour} * * {due.weekdays}",
-        lower_bound_delta=timedelta(hours=at.hour, minutes=at.minute) - SCHEDULE_TIMES[analysis],
+        lower_bound_delta=timedelta(hours=at.hour, minutes=at.minute) - scheduled_at,
         timezone=due.timezone,
     )
-
-
-FRESHNESS: dict[AssetKey, FreshnessPolicy] = {
-    report_key(analysis): policy_for(analysis, due) for analysis, due in DEADLINES.items()
-}
-
-
-def with_freshness(defs: Definitions) -> Definitions:
-    """The same definitions with each report asset carrying its freshness policy."""
-
-    def apply(spec: AssetSpec) -> AssetSpec:
-        policy = FRESHNESS.get(spec.key)
-        return apply_freshness_policy(spec, policy) if policy else spec
-
-    return defs.map_asset_specs(func=apply)
 
 
 @dataclass(frozen=True)
@@ -86,7 +65,7 @@ class DueWindow:
 
 
 def newest_due_window(
-    analysis: str, partitions_def: TimeWindowPartitionsDefinition, now: datetime
+    analysis: str, partitions_def: TimeWindowPartitionsDefinition, now: datetime, due_rule: Deadline
 ) -> DueWindow | None:
     """The newest window whose deadline passed before `now`, within LOOKBACK; None before
     the partitions start (or after they end).
@@ -95,7 +74,6 @@ def newest_due_window(
     the windows starting in the latest `span`; the span doubles until one matches, which
     keeps an hourly analysis to a day of windows instead of months of them.
     """
-    due_rule = DEADLINES[analysis]
     span = timedelta(days=1)
     while span < 2 * (LOOKBACK + LONGEST_START_TO_DEADLINE):
         newest = None
