@@ -27,16 +27,15 @@ from agent_reports.anomalies.analysis import (
 )
 from agent_reports.anomalies.partitions import ANALYSIS, ANOMALIES, anomalies_partitions
 from agent_reports.core import settings
-from agent_reports.core.analyst import AnalystAnswer, AnalystRequest
+from agent_reports.core.analyst import AnalystAnswer
 from agent_reports.core.delivery import Message
 from agent_reports.core.publishing import (
-    publish_reports,
+    report_asset,
     report_from_answer,
     report_notes,
 )
 from agent_reports.core.reports import Report, Table
 from agent_reports.core.resources import (
-    AnalystResource,
     DataSourceResource,
     DeliveryResource,
     ReportStoreResource,
@@ -115,28 +114,15 @@ def anomalies_detection(
     return values
 
 
-@asset(**COMMON)
-def anomalies_report(
-    context: AssetExecutionContext,
-    anomalies_detection: dict[str, dict],
-    analyst: AnalystResource,
-    reports: ReportStoreResource,
-) -> MaterializeResult:
-    """The hour's anomaly report: verdict from code, triage note from the analyst (cached)."""
-    requests = {
-        key: AnalystRequest.from_prompts(
-            ANALYSIS, prompts, prompts.prompt_data(verdict, verdict["features"], key)
-        )
-        for key, verdict in anomalies_detection.items()
-    }
-    written = publish_reports(
-        context,
-        analyst,
-        reports.path(),
-        requests,
-        lambda key, answer: build_anomalies_report(key, anomalies_detection[key], answer),
-    )
-    return MaterializeResult(metadata={"reports_written": MetadataValue.int(len(written))})
+anomalies_report = report_asset(
+    ANOMALIES,
+    prompts,
+    lambda key, verdict, answer: build_anomalies_report(key, verdict, answer),
+    reads=["anomalies_detection"],
+    prompt_data=lambda key, verdict: prompts.prompt_data(verdict, verdict["features"], key),
+    description="The hour's anomaly report: verdict from code, triage note from the analyst "
+    "(cached).",
+)
 
 
 def _evidence_text(evidence: dict) -> str:

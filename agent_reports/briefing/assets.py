@@ -29,7 +29,7 @@ from agent_reports.briefing import prompts
 from agent_reports.briefing.analysis import briefing_inputs, missing_sources
 from agent_reports.briefing.partitions import ANALYSIS, BRIEFING, as_of, briefing_partitions
 from agent_reports.core import settings
-from agent_reports.core.analyst import AnalystAnswer, AnalystRequest
+from agent_reports.core.analyst import AnalystAnswer
 from agent_reports.core.delivery import (
     APPROVED,
     PREVIEW_RECIPIENT,
@@ -41,7 +41,7 @@ from agent_reports.core.delivery import (
 from agent_reports.core.publishing import (
     end_outbox_step,
     outbox_metadata,
-    publish_reports,
+    report_asset,
     report_from_answer,
     report_notes,
 )
@@ -51,7 +51,7 @@ from agent_reports.core.report_email import (
     hold_for_approval,
 )
 from agent_reports.core.reports import Report, Table
-from agent_reports.core.resources import AnalystResource, DeliveryResource, ReportStoreResource
+from agent_reports.core.resources import DeliveryResource, ReportStoreResource
 
 COMMON = BRIEFING.asset_args()
 # The ledger's fingerprint for a briefing: constant, so each (day, recipient) gets one
@@ -65,27 +65,15 @@ SOURCE_REPORTS = [
 ]
 
 
-@asset(**COMMON, deps=SOURCE_REPORTS)
-def briefing_report(
-    context: AssetExecutionContext, analyst: AnalystResource, reports: ReportStoreResource
-) -> MaterializeResult:
-    """The day's briefing: the reports delivered by 09:00 New York, summarised (cached)."""
-    root = reports.path()
-    inputs = {key: briefing_inputs(root, as_of(key)) for key in context.partition_keys}
-    requests = {
-        key: AnalystRequest.from_prompts(
-            ANALYSIS, prompts, prompts.prompt_data(found, missing_sources(found))
-        )
-        for key, found in inputs.items()
-    }
-    written = publish_reports(
-        context,
-        analyst,
-        root,
-        requests,
-        lambda key, answer: build_briefing(key, inputs[key], answer),
-    )
-    return MaterializeResult(metadata={"reports_written": MetadataValue.int(len(written))})
+briefing_report = report_asset(
+    BRIEFING,
+    prompts,
+    lambda key, found, answer: build_briefing(key, found, answer),
+    gather=lambda key, root: briefing_inputs(root, as_of(key)),
+    prompt_data=lambda _key, found: prompts.prompt_data(found, missing_sources(found)),
+    deps=SOURCE_REPORTS,
+    description="The day's briefing: the reports delivered by 09:00 New York, summarised (cached).",
+)
 
 
 def build_briefing(key: str, inputs: dict, answer: AnalystAnswer) -> Report:

@@ -32,7 +32,7 @@ from agent_reports.churn.analysis import (
 )
 from agent_reports.churn.partitions import ANALYSIS, CHURN, churn_partitions
 from agent_reports.core import settings
-from agent_reports.core.analyst import AnalystAnswer, AnalystRequest
+from agent_reports.core.analyst import AnalystAnswer
 from agent_reports.core.csv_files import COVERAGE_COLUMNS, coverage_note, coverage_rows
 from agent_reports.core.customers import load_customers
 from agent_reports.core.delivery import (
@@ -48,7 +48,7 @@ from agent_reports.core.delivery import (
 from agent_reports.core.publishing import (
     end_outbox_step,
     outbox_metadata,
-    publish_reports,
+    report_asset,
     report_from_answer,
     report_notes,
 )
@@ -62,7 +62,6 @@ from agent_reports.core.report_email import (
 )
 from agent_reports.core.reports import Attachment, Image, Report, Table
 from agent_reports.core.resources import (
-    AnalystResource,
     DataSourceResource,
     DeliveryResource,
     ReportStoreResource,
@@ -147,27 +146,16 @@ def churn_analysis(
     return values
 
 
-@asset(**COMMON, io_manager_key="range_io_manager")
-def churn_report(
-    context: AssetExecutionContext,
-    churn_analysis: dict[str, dict],
-    analyst: AnalystResource,
-    reports: ReportStoreResource,
-) -> dict[str, Report]:
-    """The week's churn report: figures and charts from code, narrative and retention
-    actions from the analyst (cached), the top at-risk customers as a CSV."""
-    requests = {
-        key: AnalystRequest.from_prompts(ANALYSIS, prompts, prompts.prompt_data(metrics))
-        for key, metrics in churn_analysis.items()
-    }
-    written = publish_reports(
-        context,
-        analyst,
-        reports.path(),
-        requests,
-        lambda key, answer: build_churn_report(key, churn_analysis[key], answer),
-    )
-    return {report.partition: report for report in written}
+# The reports are kept ({week: Report}) for churn_email, which attaches their CSV.
+churn_report = report_asset(
+    CHURN,
+    prompts,
+    lambda key, metrics, answer: build_churn_report(key, metrics, answer),
+    reads=["churn_analysis"],
+    keep_reports=True,
+    description="The week's churn report: figures and charts from code, narrative and "
+    "retention actions from the analyst (cached), the top at-risk customers as a CSV.",
+)
 
 
 def build_churn_report(key: str, metrics: dict[str, Any], answer: AnalystAnswer) -> Report:

@@ -8,13 +8,12 @@ instance's public API (materialisation records, run records) up to the month's e
 
 from dataclasses import asdict
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from dagster import (
     AssetExecutionContext,
     AssetRecordsFilter,
     DagsterInstance,
-    MaterializeResult,
-    MetadataValue,
     PartitionKeyRange,
     RunsFilter,
     TimeWindow,
@@ -42,16 +41,18 @@ from agent_reports.compliance.analysis import (
 from agent_reports.compliance.logs import ReadStats, month_records
 from agent_reports.compliance.partitions import ANALYSIS, COMPLIANCE, compliance_partitions
 from agent_reports.core import settings
-from agent_reports.core.analyst import AnalystAnswer, AnalystRequest
+from agent_reports.core.analyst import AnalystAnswer
 from agent_reports.core.declaration import DeclaredReport, declared_reports
-from agent_reports.core.publishing import publish_reports, report_from_answer, report_notes
+from agent_reports.core.publishing import (
+    report_asset,
+    report_from_answer,
+    report_notes,
+)
 from agent_reports.core.quality import LOW_SCORE
 from agent_reports.core.reports import Report, Table
 from agent_reports.core.resources import (
-    AnalystResource,
     DataSourceResource,
     DeliveryResource,
-    ReportStoreResource,
 )
 from agent_reports.core.sources import InputError
 
@@ -251,32 +252,20 @@ def compliance_log_findings(
     return values
 
 
-@asset(**COMMON)
-def compliance_report(
-    context: AssetExecutionContext,
-    compliance_history: dict[str, dict],
-    compliance_log_findings: dict[str, dict],
-    analyst: AnalystResource,
-    reports: ReportStoreResource,
-) -> MaterializeResult:
-    """The month's audit: figures and evidence from code, executive summary from the
-    analyst (cached)."""
-    audits = {
-        key: {"month": key[:7], **compliance_history[key], **compliance_log_findings[key]}
-        for key in context.partition_keys
-    }
-    requests = {
-        key: AnalystRequest.from_prompts(ANALYSIS, prompts, prompts.prompt_data(audit))
-        for key, audit in audits.items()
-    }
-    written = publish_reports(
-        context,
-        analyst,
-        reports.path(),
-        requests,
-        lambda key, answer: build_compliance_report(key, audits[key], answer),
-    )
-    return MaterializeResult(metadata={"reports_written": MetadataValue.int(len(written))})
+def month_audit(key: str, _root: Path, history: dict, log_findings: dict) -> dict:
+    """What a month's audit report is made of: its history half and its log half."""
+    return {"month": key[:7], **history, **log_findings}
+
+
+compliance_report = report_asset(
+    COMPLIANCE,
+    prompts,
+    lambda key, audit, answer: build_compliance_report(key, audit, answer),
+    reads=["compliance_history", "compliance_log_findings"],
+    gather=month_audit,
+    description="The month's audit: figures and evidence from code, executive summary from "
+    "the analyst (cached).",
+)
 
 
 PROBLEM_COLUMNS = [

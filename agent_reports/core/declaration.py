@@ -247,7 +247,8 @@ class DeclaredReport:
 
 
 def declared_reports(repository: RepositoryDefinition) -> list[DeclaredReport]:
-    """Every report asset in the code location that carries a declared deadline, by name."""
+    """Every report asset in the code location that carries a declared deadline, in the
+    order the code location defines them."""
     found = {}
     for key, assets_def in repository.assets_defs_by_key.items():
         metadata = assets_def.specs_by_key[key].metadata
@@ -258,7 +259,7 @@ def declared_reports(repository: RepositoryDefinition) -> list[DeclaredReport]:
         found[name] = DeclaredReport(
             name, assets_def, deadline, bool(_value(metadata[REPORT_AUDITED]))
         )
-    return [found[name] for name in sorted(found)]
+    return list(found.values())
 
 
 def with_code_references(assets: list) -> list:

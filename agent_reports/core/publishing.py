@@ -1,22 +1,33 @@
 """The Dagster side of a report asset: ask the analyst for every partition of the run, write
 each report, and attach per-partition metadata so each window reads on its own in the UI.
+
+`report_asset` is the whole report asset of an analysis in one call: what it reads, how
+its prompt data and its report are made; the rest (every partition answered, written,
+described, the run's totals logged) is the same for every analysis and lives here once.
 """
 
-from __future__ import annotations
-
+import inspect
 import json
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetExecutionContext,
+    AssetIn,
+    AssetsDefinition,
+    CodeReferencesMetadataValue,
     Failure,
+    LocalFileCodeReference,
+    MaterializeResult,
     MetadataValue,
     TimeWindow,
+    asset,
 )
 
 from agent_reports.core import settings
@@ -30,7 +41,10 @@ from agent_reports.core.analyst import (
 from agent_reports.core.delivery import OutboxEntry
 from agent_reports.core.quality import LOW_SCORE
 from agent_reports.core.reports import Report, neutral_text
-from agent_reports.core.resources import AnalystResource
+from agent_reports.core.resources import AnalystResource, ReportStoreResource
+
+if TYPE_CHECKING:
+    from agent_reports.core.declaration import Analysis
 
 MARKDOWN_PREVIEW_LIMIT = 60_000
 
@@ -73,6 +87,69 @@ def publish_reports(
         f"{sum(a.degraded for a in answers)} degraded"
     )
     return reports
+
+
+def report_asset(
+    analysis: "Analysis",
+    prompts: ModuleType,
+    build: Callable[[str, Any, AnalystAnswer], Report],
+    *,
+    description: str,
+    reads: Sequence[str] = (),
+    gather: Callable[..., Any] | None = None,
+    prompt_data: Callable[[str, Any], Mapping[str, Any]] | None = None,
+    keep_reports: bool = False,
+    **asset_args: Any,
+) -> AssetsDefinition:
+    """The analysis' report asset (`<name>_report`, in its group, partitions and pool).
+
+    Per partition of the run: its input is the value of the one asset it `reads` (each
+    read asset's value is `{partition: value}`), or `gather(key, reports_root, *values)`;
+    the analyst is asked `prompt_data(key, input)` (default: `prompts.prompt_data(input)`),
+    and `build(key, input, answer)` makes the report. `keep_reports` stores
+    `{partition: Report}` with the range IO manager for a downstream asset (the churn
+    e-mail); otherwise the files are the output. The UI's source link points at the caller.
+    """
+    caller = inspect.stack()[1]
+    source = LocalFileCodeReference(file_path=caller.filename, line_number=caller.lineno)
+    ask = prompt_data or (lambda _key, value: prompts.prompt_data(value))
+
+    @asset(
+        name=analysis.report_key.path[-1],
+        ins={name: AssetIn(name) for name in reads},
+        description=description,
+        metadata={"dagster/code_references": CodeReferencesMetadataValue(code_references=[source])},
+        **({"io_manager_key": "range_io_manager"} if keep_reports else {}),
+        **analysis.asset_args(),
+        **asset_args,
+    )
+    def _report(
+        context: AssetExecutionContext,
+        analyst: AnalystResource,
+        reports: ReportStoreResource,
+        **upstream: dict[str, Any],
+    ) -> Any:
+        root = reports.path()
+        inputs = {
+            key: (gather or _only)(key, root, *(upstream[name][key] for name in reads))
+            for key in context.partition_keys
+        }
+        requests = {
+            key: AnalystRequest.from_prompts(analysis.name, prompts, ask(key, value))
+            for key, value in inputs.items()
+        }
+        written = publish_reports(
+            context, analyst, root, requests, lambda key, answer: build(key, inputs[key], answer)
+        )
+        if keep_reports:
+            return {report.partition: report for report in written}
+        return MaterializeResult(metadata={"reports_written": MetadataValue.int(len(written))})
+
+    return _report
+
+
+def _only(_key: str, _root: Path, value: Any) -> Any:
+    return value
 
 
 def report_metadata(report: Report, answer: AnalystAnswer, paths: dict[str, Path]) -> dict:

@@ -11,20 +11,18 @@ import pandas as pd
 from dagster import (
     AssetExecutionContext,
     Failure,
-    MaterializeResult,
-    MetadataValue,
     asset,
 )
 
-from agent_reports.core.analyst import AnalystAnswer, AnalystRequest
+from agent_reports.core.analyst import AnalystAnswer
 from agent_reports.core.csv_files import COVERAGE_COLUMNS, coverage_note, coverage_rows
 from agent_reports.core.publishing import (
-    publish_reports,
+    report_asset,
     report_from_answer,
     report_notes,
 )
 from agent_reports.core.reports import Report, Table
-from agent_reports.core.resources import AnalystResource, DataSourceResource, ReportStoreResource
+from agent_reports.core.resources import DataSourceResource
 from agent_reports.core.sources import InputError, in_window, window_coverage
 from agent_reports.market import prompts
 from agent_reports.market.analysis import history_window, market_metrics
@@ -97,26 +95,13 @@ def market_analysis(
     return values
 
 
-@asset(**COMMON)
-def market_report(
-    context: AssetExecutionContext,
-    market_analysis: dict[str, dict],
-    analyst: AnalystResource,
-    reports: ReportStoreResource,
-) -> MaterializeResult:
-    """The day's market note: metrics from code, narrative from the analyst (cached)."""
-    requests = {
-        key: AnalystRequest.from_prompts(ANALYSIS, prompts, prompts.prompt_data(metrics))
-        for key, metrics in market_analysis.items()
-    }
-    written = publish_reports(
-        context,
-        analyst,
-        reports.path(),
-        requests,
-        lambda key, answer: build_market_report(key, market_analysis[key], answer),
-    )
-    return MaterializeResult(metadata={"reports_written": MetadataValue.int(len(written))})
+market_report = report_asset(
+    MARKET,
+    prompts,
+    lambda key, metrics, answer: build_market_report(key, metrics, answer),
+    reads=["market_analysis"],
+    description="The day's market note: metrics from code, narrative from the analyst (cached).",
+)
 
 
 def build_market_report(key: str, metrics: dict, answer: AnalystAnswer) -> Report:
