@@ -49,6 +49,15 @@ OPS_SENSORS = [
     run_ping_sensor,
 ]
 
+RESOURCES = {
+    "source": DataSourceResource(),
+    "analyst": AnalystResource(),
+    "reports": ReportStoreResource(),
+    "range_io_manager": PartitionRangeIOManager(),
+    "delivery": DeliveryResource(),
+    "clock": ClockResource(),
+}
+
 # The catalog beyond each declaration's owner and cadence: what each asset is.
 # Kinds for assets that declare none, by the last word of their name.
 KINDS_BY_ROLE = {
@@ -102,14 +111,7 @@ defs = Definitions.merge(
         # machine), which made orchestration, not the data, the cost of a run. A crashed run
         # is retried whole (dagster.yaml run_retries); the steps of an analysis are sequential.
         executor=in_process_executor,
-        resources={
-            "source": DataSourceResource(),
-            "analyst": AnalystResource(),
-            "reports": ReportStoreResource(),
-            "range_io_manager": PartitionRangeIOManager(),
-            "delivery": DeliveryResource(),
-            "clock": ClockResource(),
-        },
+        resources=RESOURCES,
     ),
 ).map_resolved_asset_specs(func=catalog_spec)
 # Each run holds its analysis' run lock from before its first step to after its last, on

@@ -14,7 +14,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dagster import Definitions
+import pytest
+from dagster import AssetKey, Definitions, MaterializeResult, asset
+
+from agent_reports.core.declaration import (
+    DeclarationError,
+    analysis_definitions,
+    declared_reports,
+    read_declaration,
+)
+from agent_reports.core.run_lock import with_run_locks
 
 SNAPSHOT = Path(__file__).parent / "data" / "definitions_snapshot.json"
 
@@ -102,3 +111,66 @@ if __name__ == "__main__":
 
     SNAPSHOT.write_text(json.dumps(snapshot(defs), indent=1, sort_keys=True) + "\n")
     print(f"wrote {SNAPSHOT}")
+
+
+def _extra_analysis(tmp_path: Path):
+    """A sixth analysis declared the way a YAML component would: its own YAML file and
+    assets built with its asset arguments, nothing else edited."""
+    path = tmp_path / "analysis.yaml"
+    path.write_text(
+        "name: signups\n"
+        "description: Sign-ups → report, per UTC day.\n"
+        "owner: 'team:growth'\n"
+        "cadence: daily\n"
+        "pool: signups\n"
+        "partitions: {grain: daily, start: '2024-01-01', timezone: UTC}\n"
+        "schedule: {hour: 7, lag: 7h, description: Every day at 07:00 UTC.}\n"
+        "deadline: {after_end: 26h}\n"
+    )
+    declared = read_declaration(path)
+
+    @asset(**declared.asset_args())
+    def signups_report() -> MaterializeResult:
+        return MaterializeResult()
+
+    return read_declaration(path, assets=(signups_report,))
+
+
+def test_a_declared_analysis_gets_every_promise_with_no_further_edit(tmp_path) -> None:
+    from agent_reports import definitions
+
+    extra = _extra_analysis(tmp_path)
+    defs = with_run_locks(
+        Definitions.merge(
+            *(analysis_definitions(a) for a in [*definitions.ANALYSES, extra]),
+            Definitions(sensors=definitions.OPS_SENSORS, resources=definitions.RESOURCES),
+        )
+    )
+    repository = defs.get_repository_def()
+    assert repository.has_schedule_def("signups_job_schedule")
+    assert repository.get_schedule_def("signups_job_schedule").cron_schedule == "0 7 * * *"
+    assert repository.has_sensor_def("signups_catchup_sensor")
+    spec = defs.resolve_assets_def(AssetKey("signups_report")).specs_by_key
+    (report,) = spec.values()
+    assert report.freshness_policy.fail_window.to_timedelta().total_seconds() == 26 * 3600
+    assert report.owners == ["team:growth"] and report.tags["cadence"] == "daily"
+    # What the stale-window alert watches and the audit counts (compliance_history):
+    audited = [d.analysis for d in declared_reports(repository) if d.audited]
+    assert audited == ["market", "anomalies", "churn", "briefing", "signups"]
+    assert "run_lock_signups" in defs.resources  # the run lock of its pool
+
+
+def test_a_malformed_declaration_names_the_file_line_and_field(tmp_path) -> None:
+    path = tmp_path / "analysis.yaml"
+    base = (SNAPSHOT.parents[2] / "agent_reports" / "market" / "analysis.yaml").read_text()
+    for broken, field, line in [
+        (base.replace("grain: daily", "grain: fortnightly"), "partitions.grain", 8),
+        (base.replace("lag: 6h", "lag: six hours"), "schedule.lag", 13),
+        (base.replace("pool: market", "pool: market\nowners: x"), "owners", 7),
+        (base.replace("cadence: daily\n", ""), "cadence", None),  # missing: no line
+    ]:
+        path.write_text(broken)
+        with pytest.raises(DeclarationError) as raised:
+            read_declaration(path)
+        where = f"{path}:{line}" if line else f"{path}"
+        assert str(raised.value).startswith(f"{where}: {field}: "), str(raised.value)

@@ -8,13 +8,7 @@ per run, from the baseline of the earliest hour to the end of the latest.
 import os
 from datetime import UTC, datetime
 
-from dagster import (
-    AssetExecutionContext,
-    Failure,
-    MaterializeResult,
-    MetadataValue,
-    asset,
-)
+from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
 from agent_reports.anomalies import prompts
 from agent_reports.anomalies.analysis import (
@@ -29,17 +23,10 @@ from agent_reports.anomalies.partitions import ANALYSIS, ANOMALIES, anomalies_pa
 from agent_reports.core import settings
 from agent_reports.core.analyst import AnalystAnswer
 from agent_reports.core.delivery import Message
-from agent_reports.core.publishing import (
-    report_asset,
-    report_from_answer,
-    report_notes,
-)
+from agent_reports.core.input_checks import input_failure
+from agent_reports.core.publishing import report_asset, report_from_answer, report_notes
 from agent_reports.core.reports import Report, Table
-from agent_reports.core.resources import (
-    DataSourceResource,
-    DeliveryResource,
-    ReportStoreResource,
-)
+from agent_reports.core.resources import DataSourceResource, DeliveryResource, ReportStoreResource
 from agent_reports.core.sources import InputError
 
 COMMON = ANOMALIES.asset_args()
@@ -68,11 +55,7 @@ def anomalies_traffic(
     try:
         traffic = HourlyTraffic().add_all(source.get().access_logs(start, end))
     except InputError as error:
-        raise Failure(
-            description=f"Bad access-log input: {error}",
-            metadata={"file": error.path, "line": error.line or 0},
-            allow_retries=False,
-        ) from None
+        raise input_failure("access-log", error) from None
     for name, count in sorted(traffic.untimed.items()):
         context.log.warning(
             f"{name}: {count} line(s) with no readable timestamp, charged to every hour"
@@ -112,17 +95,6 @@ def anomalies_detection(
             partition_key=key,
         )
     return values
-
-
-anomalies_report = report_asset(
-    ANOMALIES,
-    prompts,
-    lambda key, verdict, answer: build_anomalies_report(key, verdict, answer),
-    reads=["anomalies_detection"],
-    prompt_data=lambda key, verdict: prompts.prompt_data(verdict, verdict["features"], key),
-    description="The hour's anomaly report: verdict from code, triage note from the analyst "
-    "(cached).",
-)
 
 
 def _evidence_text(evidence: dict) -> str:
@@ -214,6 +186,12 @@ def build_anomalies_report(key: str, verdict: dict, answer: AnalystAnswer) -> Re
         tables=_tables(verdict),
         notes=notes,
     )
+
+
+@report_asset(ANOMALIES, prompts, build_anomalies_report, reads=["anomalies_detection"])
+def anomalies_report(key: str, verdict: dict) -> dict:
+    """The hour's anomaly report: verdict from code, triage note from the analyst (cached)."""
+    return prompts.prompt_data(verdict, verdict["features"], key)
 
 
 def coverage_notes(coverage: dict) -> list[str]:

@@ -65,17 +65,6 @@ SOURCE_REPORTS = [
 ]
 
 
-briefing_report = report_asset(
-    BRIEFING,
-    prompts,
-    lambda key, found, answer: build_briefing(key, found, answer),
-    gather=lambda key, root: briefing_inputs(root, as_of(key)),
-    prompt_data=lambda _key, found: prompts.prompt_data(found, missing_sources(found)),
-    deps=SOURCE_REPORTS,
-    description="The day's briefing: the reports delivered by 09:00 New York, summarised (cached).",
-)
-
-
 def build_briefing(key: str, inputs: dict, answer: AnalystAnswer) -> Report:
     window = briefing_partitions.time_window_for_partition_key(key)
     missing = missing_sources(inputs)
@@ -108,6 +97,17 @@ def build_briefing(key: str, inputs: dict, answer: AnalystAnswer) -> Report:
         ],
         notes=notes,
     )
+
+
+def _sources(key: str, root: Path) -> dict:
+    """The reports a briefing reads: those delivered by 09:00 New York on its day."""
+    return briefing_inputs(root, as_of(key))
+
+
+@report_asset(BRIEFING, prompts, build_briefing, gather=_sources, deps=SOURCE_REPORTS)
+def briefing_report(_key: str, found: dict) -> dict:
+    """The day's briefing: the reports delivered by 09:00 New York, summarised (cached)."""
+    return prompts.prompt_data(found, missing_sources(found))
 
 
 def recipients() -> list[str]:

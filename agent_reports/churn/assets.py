@@ -12,14 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from dagster import (
-    AssetExecutionContext,
-    Config,
-    Failure,
-    MaterializeResult,
-    MetadataValue,
-    asset,
-)
+from dagster import AssetExecutionContext, Config, Failure, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
 from agent_reports.churn import prompts
@@ -45,6 +38,7 @@ from agent_reports.core.delivery import (
     OutboxEntry,
     incomplete_smtp_settings,
 )
+from agent_reports.core.input_checks import input_failure
 from agent_reports.core.publishing import (
     end_outbox_step,
     outbox_metadata,
@@ -61,11 +55,7 @@ from agent_reports.core.report_email import (
     report_email,
 )
 from agent_reports.core.reports import Attachment, Image, Report, Table
-from agent_reports.core.resources import (
-    DataSourceResource,
-    DeliveryResource,
-    ReportStoreResource,
-)
+from agent_reports.core.resources import DataSourceResource, DeliveryResource, ReportStoreResource
 from agent_reports.core.sources import InputError
 
 COMMON = CHURN.asset_args()
@@ -91,11 +81,7 @@ def churn_customers(
         base, origin, coverage = load_customers(source.get())
         cache = coverage.pop("cache", None)  # differs run to run: kept out of the report
     except InputError as error:
-        raise Failure(
-            description=f"Bad customer input: {error}",
-            metadata={"file": error.path, "line": error.line or 0, "column": error.column or ""},
-            allow_retries=False,
-        ) from None
+        raise input_failure("customer", error) from None
     if cache:
         context.log.info(f"parsed-file cache: {cache}")
     values = {}
@@ -146,18 +132,6 @@ def churn_analysis(
     return values
 
 
-# The reports are kept ({week: Report}) for churn_email, which attaches their CSV.
-churn_report = report_asset(
-    CHURN,
-    prompts,
-    lambda key, metrics, answer: build_churn_report(key, metrics, answer),
-    reads=["churn_analysis"],
-    keep_reports=True,
-    description="The week's churn report: figures and charts from code, narrative and "
-    "retention actions from the analyst (cached), the top at-risk customers as a CSV.",
-)
-
-
 def build_churn_report(key: str, metrics: dict[str, Any], answer: AnalystAnswer) -> Report:
     window = churn_partitions.time_window_for_partition_key(key)
     model = metrics["model"]
@@ -190,6 +164,14 @@ def build_churn_report(key: str, metrics: dict[str, Any], answer: AnalystAnswer)
         images=images,
         attachments=[Attachment(AT_RISK_FILENAME, "text/csv", at_risk_csv(metrics))],
     )
+
+
+# The reports are kept ({week: Report}) for churn_email, which attaches their CSV.
+@report_asset(CHURN, prompts, build_churn_report, reads=["churn_analysis"], keep_reports=True)
+def churn_report(_key: str, metrics: dict) -> dict:
+    """The week's churn report: figures and charts from code, narrative and retention
+    actions from the analyst (cached), the top at-risk customers as a CSV."""
+    return prompts.prompt_data(metrics)
 
 
 def _action(action: dict[str, Any]) -> dict[str, Any]:

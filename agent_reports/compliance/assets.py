@@ -43,17 +43,10 @@ from agent_reports.compliance.partitions import ANALYSIS, COMPLIANCE, compliance
 from agent_reports.core import settings
 from agent_reports.core.analyst import AnalystAnswer
 from agent_reports.core.declaration import DeclaredReport, declared_reports
-from agent_reports.core.publishing import (
-    report_asset,
-    report_from_answer,
-    report_notes,
-)
+from agent_reports.core.publishing import report_asset, report_from_answer, report_notes
 from agent_reports.core.quality import LOW_SCORE
 from agent_reports.core.reports import Report, Table
-from agent_reports.core.resources import (
-    DataSourceResource,
-    DeliveryResource,
-)
+from agent_reports.core.resources import DataSourceResource, DeliveryResource
 from agent_reports.core.sources import InputError
 
 COMMON = COMPLIANCE.asset_args()
@@ -252,22 +245,6 @@ def compliance_log_findings(
     return values
 
 
-def month_audit(key: str, _root: Path, history: dict, log_findings: dict) -> dict:
-    """What a month's audit report is made of: its history half and its log half."""
-    return {"month": key[:7], **history, **log_findings}
-
-
-compliance_report = report_asset(
-    COMPLIANCE,
-    prompts,
-    lambda key, audit, answer: build_compliance_report(key, audit, answer),
-    reads=["compliance_history", "compliance_log_findings"],
-    gather=month_audit,
-    description="The month's audit: figures and evidence from code, executive summary from "
-    "the analyst (cached).",
-)
-
-
 PROBLEM_COLUMNS = [
     "analysis",
     "window",
@@ -403,3 +380,21 @@ def build_compliance_report(key: str, audit: dict, answer: AnalystAnswer) -> Rep
         tables=_tables(audit),
         notes=notes,
     )
+
+
+def month_audit(key: str, _root: Path, history: dict, log_findings: dict) -> dict:
+    """What a month's audit report is made of: its history half and its log half."""
+    return {"month": key[:7], **history, **log_findings}
+
+
+@report_asset(
+    COMPLIANCE,
+    prompts,
+    build_compliance_report,
+    reads=["compliance_history", "compliance_log_findings"],
+    gather=month_audit,
+)
+def compliance_report(_key: str, audit: dict) -> dict:
+    """The month's audit: figures and evidence from code, executive summary from the
+    analyst (cached)."""
+    return prompts.prompt_data(audit)

@@ -18,12 +18,16 @@ the run queue's guard and `with_run_locks` its run lock.
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import yaml
 from dagster import (
     AnchorBasedFilePathMapping,
     AssetChecksDefinition,
@@ -32,14 +36,18 @@ from dagster import (
     AssetSelection,
     AssetSpec,
     BackfillPolicy,
+    DailyPartitionsDefinition,
     Definitions,
+    HourlyPartitionsDefinition,
     MetadataValue,
+    MonthlyPartitionsDefinition,
     RepositoryDefinition,
     RunRequest,
     ScheduleDefinition,
     ScheduleEvaluationContext,
     SkipReason,
     TimeWindowPartitionsDefinition,
+    WeeklyPartitionsDefinition,
     apply_freshness_policy,
     build_schedule_from_partitioned_job,
     define_asset_job,
@@ -55,6 +63,7 @@ from agent_reports.core.deadlines import Deadline
 from agent_reports.ops.catchup import CatchUp, build_catchup_sensor
 from agent_reports.ops.freshness import policy_for
 
+DECLARATION_FILE = "analysis.yaml"
 # Report asset metadata written by the builder, read by the alerts and the audit.
 REPORT_DEADLINE = "agent_reports/deadline"
 REPORT_AUDITED = "agent_reports/audited"
@@ -320,3 +329,145 @@ def _unique(items: Any) -> list:
 
 def _value(entry: Any) -> Any:
     return entry.value if hasattr(entry, "value") else entry
+
+
+# --------------------------------------------------------------------------- analysis.yaml
+
+GRAINS = {
+    "hourly": HourlyPartitionsDefinition,
+    "daily": DailyPartitionsDefinition,
+    "weekly": WeeklyPartitionsDefinition,
+    "monthly": MonthlyPartitionsDefinition,
+}
+FIELDS = {
+    "": {"name", "description", "owner", "cadence", "pool", "catchup", "late_lines", "audited",
+         "recipients_variable", "report", "partitions", "schedule", "deadline"},
+    "partitions": {"grain", "start", "timezone", "day_offset", "exclusions", "end_offset"},
+    "schedule": {"minute", "hour", "day_of_week", "day_of_month", "cron", "lag", "description"},
+    "deadline": {"after_end", "local_time", "timezone", "weekdays"},
+}  # fmt: skip
+REQUIRED = ("name", "description", "owner", "cadence", "partitions", "schedule")
+_DURATION = re.compile(r"^\s*(-?\d+)\s*(m|h|d)\s*$")
+_UNITS = {"m": "minutes", "h": "hours", "d": "days"}
+
+
+class DeclarationError(ValueError):
+    """A declaration file that does not describe an analysis: names the file, line and field."""
+
+
+def declare(package: str) -> Analysis:
+    """The analysis declared in the package's analysis.yaml (its assets: the package's)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise DeclarationError(f"{package} is not a package")
+    path = Path(next(iter(spec.submodule_search_locations))) / DECLARATION_FILE
+    return read_declaration(path, package=package)
+
+
+def read_declaration(path: Path, **given: Any) -> Analysis:
+    """An `Analysis` from a YAML file; `given` fields (package, assets) are added as is."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = mark.line + 1 if mark else 0
+        raise DeclarationError(f"{path}:{line}: not YAML: {error}") from None
+    lines: dict[str, int] = {}
+    _record_lines(node, "", lines)
+    return analysis_from_mapping(yaml.safe_load(text) or {}, f"{path}", lines, **given)
+
+
+def analysis_from_mapping(
+    data: Mapping[str, Any], source: str, lines: Mapping[str, int] | None = None, **given: Any
+) -> Analysis:
+    """An `Analysis` from plain data (an analysis.yaml's), errors naming `source`, the line
+    (`lines`: dotted field → line) and the field."""
+    lines = lines or {}
+
+    def fail(field: str, problem: str) -> DeclarationError:
+        line = lines.get(field) or lines.get(field.rpartition(".")[0])
+        return DeclarationError(f"{source}{f':{line}' if line else ''}: {field}: {problem}")
+
+    _check_fields(data, "", fail)
+    for section in ("partitions", "schedule", "deadline"):
+        if section in data:
+            if not isinstance(data[section], Mapping):
+                raise fail(section, "must be a mapping")
+            _check_fields(data[section], section, fail)
+    missing = [field for field in REQUIRED if field not in data]
+    if missing:
+        raise fail(missing[0], "missing")
+    schedule = dict(data["schedule"])
+    lag = _duration(schedule.pop("lag", "0m"), "schedule.lag", fail)
+    try:
+        return Analysis(
+            name=data["name"],
+            partitions=_partitions(data["partitions"], fail),
+            schedule=Schedule(**schedule),
+            lag=lag,
+            owner=data["owner"],
+            cadence=data["cadence"],
+            description=data["description"],
+            pool=data.get("pool"),
+            deadline=_deadline(data["deadline"], fail) if "deadline" in data else None,
+            catchup=data.get("catchup", True),
+            late_lines=data.get("late_lines", False),
+            audited=data.get("audited", True),
+            recipients_variable=data.get("recipients_variable"),
+            report=data.get("report"),
+            **given,
+        )
+    except TypeError as error:
+        raise fail("schedule", str(error)) from None
+
+
+def _record_lines(node: Any, prefix: str, lines: dict[str, int]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            field = f"{prefix}{key.value}"
+            lines[field] = key.start_mark.line + 1
+            _record_lines(value, field + ".", lines)
+
+
+def _check_fields(data: Mapping[str, Any], section: str, fail: Any) -> None:
+    prefix = f"{section}." if section else ""
+    for field in data:
+        if field not in FIELDS[section]:
+            allowed = ", ".join(sorted(FIELDS[section]))
+            raise fail(f"{prefix}{field}", f"unknown field (expected one of {allowed})")
+
+
+def _duration(text: Any, field: str, fail: Any) -> timedelta:
+    match = _DURATION.match(str(text))
+    if not match:
+        raise fail(field, f"a duration looks like 5m, 6h, -15h or 8d, not {text!r}")
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+def _partitions(data: Mapping[str, Any], fail: Any) -> TimeWindowPartitionsDefinition:
+    args = dict(data)
+    grain = args.pop("grain", None)
+    if grain not in GRAINS:
+        raise fail("partitions.grain", f"one of {', '.join(GRAINS)}, not {grain!r}")
+    if "start" not in args:
+        raise fail("partitions.start", "missing")
+    args["start_date"] = str(args.pop("start"))
+    try:
+        return GRAINS[grain](**args)
+    except Exception as error:  # Dagster's own message says what is wrong with the value
+        raise fail("partitions", str(error).splitlines()[0]) from None
+
+
+def _deadline(data: Mapping[str, Any], fail: Any) -> Deadline:
+    args = dict(data)
+    try:
+        if "after_end" in args:
+            args["after_end"] = _duration(args["after_end"], "deadline.after_end", fail)
+        if "local_time" in args:
+            args["local_time"] = time.fromisoformat(str(args["local_time"]))
+        return Deadline(**args)
+    except ValueError as error:
+        if isinstance(error, DeclarationError):
+            raise
+        raise fail("deadline", str(error)) from None

@@ -1,11 +1,23 @@
-"""The asset check every CSV-fed asset carries: its rows were mostly read, not rejected."""
+"""What every input-reading asset shares: the failure a bad input file gives, and the check
+every CSV-fed asset carries (its rows were mostly read, not rejected)."""
 
 import json
 
 import pandas as pd
-from dagster import AssetCheckResult, AssetCheckSeverity
+from dagster import AssetCheckResult, AssetCheckSeverity, Failure
 
 from agent_reports.core.csv_files import rejected_problem
+from agent_reports.core.sources import InputError
+
+
+def input_failure(what: str, error: InputError) -> Failure:
+    """A bad input file fails the run naming its file, line and column, without a retry:
+    the same file would fail again."""
+    return Failure(
+        description=f"Bad {what} input: {error}",
+        metadata={"file": error.path, "line": error.line or 0, "column": error.column or ""},
+        allow_retries=False,
+    )
 
 
 def rows_mostly_read(frames: dict[str, pd.DataFrame]) -> AssetCheckResult:

@@ -94,58 +94,67 @@ def report_asset(
     prompts: ModuleType,
     build: Callable[[str, Any, AnalystAnswer], Report],
     *,
-    description: str,
     reads: Sequence[str] = (),
     gather: Callable[..., Any] | None = None,
-    prompt_data: Callable[[str, Any], Mapping[str, Any]] | None = None,
     keep_reports: bool = False,
     **asset_args: Any,
-) -> AssetsDefinition:
-    """The analysis' report asset (`<name>_report`, in its group, partitions and pool).
+) -> Callable[[Callable[[str, Any], Mapping[str, Any]]], AssetsDefinition]:
+    """Decorates `<name>_report(key, input) -> prompt data` into the analysis' report asset
+    (in its group, partitions and pool; its docstring is the asset's description).
 
     Per partition of the run: its input is the value of the one asset it `reads` (each
     read asset's value is `{partition: value}`), or `gather(key, reports_root, *values)`;
-    the analyst is asked `prompt_data(key, input)` (default: `prompts.prompt_data(input)`),
-    and `build(key, input, answer)` makes the report. `keep_reports` stores
-    `{partition: Report}` with the range IO manager for a downstream asset (the churn
-    e-mail); otherwise the files are the output. The UI's source link points at the caller.
+    the analyst is asked what the decorated function returns for it, and
+    `build(key, input, answer)` makes the report. `keep_reports` stores `{partition:
+    Report}` with the range IO manager for a downstream asset (the churn e-mail);
+    otherwise the files are the output.
     """
-    caller = inspect.stack()[1]
-    source = LocalFileCodeReference(file_path=caller.filename, line_number=caller.lineno)
-    ask = prompt_data or (lambda _key, value: prompts.prompt_data(value))
 
-    @asset(
-        name=analysis.report_key.path[-1],
-        ins={name: AssetIn(name) for name in reads},
-        description=description,
-        metadata={"dagster/code_references": CodeReferencesMetadataValue(code_references=[source])},
-        **({"io_manager_key": "range_io_manager"} if keep_reports else {}),
-        **analysis.asset_args(),
-        **asset_args,
-    )
-    def _report(
-        context: AssetExecutionContext,
-        analyst: AnalystResource,
-        reports: ReportStoreResource,
-        **upstream: dict[str, Any],
-    ) -> Any:
-        root = reports.path()
-        inputs = {
-            key: (gather or _only)(key, root, *(upstream[name][key] for name in reads))
-            for key in context.partition_keys
-        }
-        requests = {
-            key: AnalystRequest.from_prompts(analysis.name, prompts, ask(key, value))
-            for key, value in inputs.items()
-        }
-        written = publish_reports(
-            context, analyst, root, requests, lambda key, answer: build(key, inputs[key], answer)
+    def decorate(prompt_data: Callable[[str, Any], Mapping[str, Any]]) -> AssetsDefinition:
+        name = analysis.report_key.path[-1]
+        if prompt_data.__name__ != name:
+            raise ValueError(f"{analysis.name}: its report asset is {name}, not {prompt_data}")
+        source = LocalFileCodeReference(
+            file_path=inspect.getsourcefile(prompt_data) or "",
+            line_number=inspect.getsourcelines(prompt_data)[1],
         )
-        if keep_reports:
-            return {report.partition: report for report in written}
-        return MaterializeResult(metadata={"reports_written": MetadataValue.int(len(written))})
 
-    return _report
+        @asset(
+            name=name,
+            ins={upstream: AssetIn(upstream) for upstream in reads},
+            description=inspect.getdoc(prompt_data),
+            metadata={
+                "dagster/code_references": CodeReferencesMetadataValue(code_references=[source])
+            },
+            **({"io_manager_key": "range_io_manager"} if keep_reports else {}),
+            **analysis.asset_args(),
+            **asset_args,
+        )
+        def _report(
+            context: AssetExecutionContext,
+            analyst: AnalystResource,
+            reports: ReportStoreResource,
+            **upstream: dict[str, Any],
+        ) -> Any:
+            root = reports.path()
+            inputs = {
+                key: (gather or _only)(key, root, *(upstream[name][key] for name in reads))
+                for key in context.partition_keys
+            }
+            requests = {
+                key: AnalystRequest.from_prompts(analysis.name, prompts, prompt_data(key, value))
+                for key, value in inputs.items()
+            }
+            written = publish_reports(
+                context, analyst, root, requests, lambda key, got: build(key, inputs[key], got)
+            )
+            if keep_reports:
+                return {report.partition: report for report in written}
+            return MaterializeResult(metadata={"reports_written": MetadataValue.int(len(written))})
+
+        return _report
+
+    return decorate
 
 
 def _only(_key: str, _root: Path, value: Any) -> Any:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
+from agent_reports.core.input_checks import input_failure
 from agent_reports.core.log_store import LogStore, folder_store
 from agent_reports.core.resources import DataSourceResource
 from agent_reports.core.sources import FileSource, InputError
@@ -52,11 +53,7 @@ def access_log_store(
     try:
         summary = store.ingest(folder)
     except InputError as error:
-        raise Failure(
-            description=f"Bad access-log input: {error}",
-            metadata={"file": error.path},
-            allow_retries=False,
-        ) from None
+        raise input_failure("access-log", error) from None
     hours = {key: _epoch_hour(key) for key in context.partition_keys}
     stats = store.hour_stats(min(hours.values()), max(hours.values()) + 1)
     for key, hour in hours.items():

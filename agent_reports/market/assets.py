@@ -8,19 +8,12 @@ for the whole range.
 from datetime import date
 
 import pandas as pd
-from dagster import (
-    AssetExecutionContext,
-    Failure,
-    asset,
-)
+from dagster import AssetExecutionContext, asset
 
 from agent_reports.core.analyst import AnalystAnswer
 from agent_reports.core.csv_files import COVERAGE_COLUMNS, coverage_note, coverage_rows
-from agent_reports.core.publishing import (
-    report_asset,
-    report_from_answer,
-    report_notes,
-)
+from agent_reports.core.input_checks import input_failure
+from agent_reports.core.publishing import report_asset, report_from_answer, report_notes
 from agent_reports.core.reports import Report, Table
 from agent_reports.core.resources import DataSourceResource
 from agent_reports.core.sources import InputError, in_window, window_coverage
@@ -48,11 +41,7 @@ def market_prices(
     try:
         read = source.get().market_read(start, end)
     except InputError as error:
-        raise Failure(
-            description=f"Bad market input: {error}",
-            metadata={"file": error.path, "line": error.line or 0, "column": error.column or ""},
-            allow_retries=False,
-        ) from None
+        raise input_failure("market", error) from None
     cache = read.coverage.pop("cache", None)  # differs run to run: kept out of the report
     if cache:
         context.log.info(f"parsed-file cache: {cache}")
@@ -95,15 +84,6 @@ def market_analysis(
     return values
 
 
-market_report = report_asset(
-    MARKET,
-    prompts,
-    lambda key, metrics, answer: build_market_report(key, metrics, answer),
-    reads=["market_analysis"],
-    description="The day's market note: metrics from code, narrative from the analyst (cached).",
-)
-
-
 def build_market_report(key: str, metrics: dict, answer: AnalystAnswer) -> Report:
     window = market_partitions.time_window_for_partition_key(key)
     adjusted = any(m.get("adj_close") is not None for m in metrics["tickers"].values())
@@ -140,6 +120,12 @@ def build_market_report(key: str, metrics: dict, answer: AnalystAnswer) -> Repor
         ),
         notes=notes,
     )
+
+
+@report_asset(MARKET, prompts, build_market_report, reads=["market_analysis"])
+def market_report(_key: str, metrics: dict) -> dict:
+    """The day's market note: metrics from code, narrative from the analyst (cached)."""
+    return prompts.prompt_data(metrics)
 
 
 def split_note(ticker: str, metrics: dict) -> str:
