@@ -13,7 +13,7 @@ from agent_reports.briefing.partitions import BRIEFING
 from agent_reports.churn.partitions import CHURN
 from agent_reports.compliance.partitions import COMPLIANCE
 from agent_reports.core.customers import CANONICAL_COLUMNS
-from agent_reports.core.declaration import analysis_definitions
+from agent_reports.core.declaration import analysis_definitions, with_declared
 from agent_reports.core.resources import (
     AnalystResource,
     DataSourceResource,
@@ -114,6 +114,7 @@ defs = Definitions.merge(
         resources=RESOURCES,
     ),
 ).map_resolved_asset_specs(func=catalog_spec)
-# Each run holds its analysis' run lock from before its first step to after its last, on
-# every launch path (agent_reports/core/run_lock.py): the second guard behind the pools.
-defs = with_run_locks(defs)
+# The declared reports as a resource for the audit, and each run holding its analysis' run
+# lock from before its first step to after its last, on every launch path
+# (agent_reports/core/run_lock.py): the second guard behind the pools.
+defs = with_run_locks(with_declared(defs))

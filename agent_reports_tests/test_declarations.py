@@ -22,6 +22,7 @@ from agent_reports.core.declaration import (
     analysis_definitions,
     declared_reports,
     read_declaration,
+    with_declared,
 )
 from agent_reports.core.run_lock import with_run_locks
 
@@ -141,9 +142,11 @@ def test_a_declared_analysis_gets_every_promise_with_no_further_edit(tmp_path) -
 
     extra = _extra_analysis(tmp_path)
     defs = with_run_locks(
-        Definitions.merge(
-            *(analysis_definitions(a) for a in [*definitions.ANALYSES, extra]),
-            Definitions(sensors=definitions.OPS_SENSORS, resources=definitions.RESOURCES),
+        with_declared(
+            Definitions.merge(
+                *(analysis_definitions(a) for a in [*definitions.ANALYSES, extra]),
+                Definitions(sensors=definitions.OPS_SENSORS, resources=definitions.RESOURCES),
+            )
         )
     )
     repository = defs.get_repository_def()
@@ -157,6 +160,8 @@ def test_a_declared_analysis_gets_every_promise_with_no_further_edit(tmp_path) -
     # What the stale-window alert watches and the audit counts (compliance_history):
     audited = [d.analysis for d in declared_reports(repository) if d.audited]
     assert audited == ["market", "anomalies", "churn", "briefing", "signups"]
+    resource = defs.resources["declared"]
+    assert [d.analysis for d in resource if d.audited] == audited
     assert "run_lock_signups" in defs.resources  # the run lock of its pool
 
 

@@ -15,6 +15,7 @@ from dagster import (
     AssetRecordsFilter,
     DagsterInstance,
     PartitionKeyRange,
+    ResourceParam,
     RunsFilter,
     TimeWindow,
     TimeWindowPartitionsDefinition,
@@ -42,7 +43,7 @@ from agent_reports.compliance.logs import ReadStats, month_records
 from agent_reports.compliance.partitions import ANALYSIS, COMPLIANCE, compliance_partitions
 from agent_reports.core import settings
 from agent_reports.core.analyst import AnalystAnswer
-from agent_reports.core.declaration import DeclaredReport, declared_reports
+from agent_reports.core.declaration import DeclaredReport
 from agent_reports.core.publishing import report_asset, report_from_answer, report_notes
 from agent_reports.core.quality import LOW_SCORE
 from agent_reports.core.reports import Report, Table
@@ -62,12 +63,6 @@ def _months(context: AssetExecutionContext) -> dict[str, TimeWindow]:
         key: compliance_partitions.time_window_for_partition_key(key)
         for key in context.partition_keys
     }
-
-
-def audited(context: AssetExecutionContext) -> list[DeclaredReport]:
-    """The analyses audited: every declared analysis of the code location that is not
-    exempt (the audit itself), with its report's partitions (the schedule windows)."""
-    return [d for d in declared_reports(context.repository_def) if d.audited]
 
 
 def expected_windows(month: TimeWindow, analyses: list[DeclaredReport]) -> list[Window]:
@@ -153,7 +148,9 @@ def analysis_runs(
 
 @asset(**COMMON, io_manager_key="range_io_manager")
 def compliance_history(
-    context: AssetExecutionContext, delivery: DeliveryResource
+    context: AssetExecutionContext,
+    delivery: DeliveryResource,
+    declared: ResourceParam[list[DeclaredReport]],
 ) -> dict[str, dict]:
     """Per month: each due window of each analysis classified from the instance's run and
     materialisation history (ok / late / missing / failed; degraded, re-run, retried),
@@ -163,7 +160,9 @@ def compliance_history(
         entries = ledger.entries()
     finally:
         ledger.engine.dispose()
-    analyses, values = audited(context), {}
+    # The analyses audited: every declared analysis of the code location that is not
+    # exempt (the audit itself), with its report's partitions (the schedule windows).
+    analyses, values = [d for d in declared if d.audited], {}
     names = [declared.analysis for declared in analyses]
     for key, month in _months(context).items():
         windows = expected_windows(month, analyses)

@@ -67,6 +67,7 @@ DECLARATION_FILE = "analysis.yaml"
 # Report asset metadata written by the builder, read by the alerts and the audit.
 REPORT_DEADLINE = "agent_reports/deadline"
 REPORT_AUDITED = "agent_reports/audited"
+DECLARED_RESOURCE = "declared"  # with_declared's resource: the list of DeclaredReport
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ class Schedule:
 
 @dataclass(frozen=True)
 class Analysis:
-    """One analysis, declared once (its folder's partitions.py).
+    """One analysis, declared once (a built-in one in its folder's analysis.yaml).
 
     `lag` is when the schedule requests a window relative to the window's end (market: 6 h
     after the day; the briefing requests its New York day at 09:00 of that day: -15 h); the
@@ -238,37 +239,45 @@ class DeclaredReport:
     """A declared analysis as the loaded code location shows it (alerts, audit)."""
 
     analysis: str
-    report: AssetsDefinition
+    report_key: AssetKey
+    partitions_def: TimeWindowPartitionsDefinition
     deadline: Deadline
     audited: bool
-
-    @property
-    def partitions_def(self) -> TimeWindowPartitionsDefinition:
-        return self.report.partitions_def  # type: ignore[return-value]
-
-    @property
-    def report_key(self) -> AssetKey:
-        return self.report.key
 
     @property
     def job_name(self) -> str:
         return f"{self.analysis}_job"
 
 
-def declared_reports(repository: RepositoryDefinition) -> list[DeclaredReport]:
+def declared_reports(source: RepositoryDefinition | Definitions) -> list[DeclaredReport]:
     """Every report asset in the code location that carries a declared deadline, in the
     order the code location defines them."""
+    if isinstance(source, RepositoryDefinition):
+        assets: Any = source.assets_defs_by_key.values()
+    else:
+        assets = source.assets or []
     found = {}
-    for key, assets_def in repository.assets_defs_by_key.items():
-        metadata = assets_def.specs_by_key[key].metadata
-        if REPORT_DEADLINE not in metadata:
+    for assets_def in assets:
+        if not isinstance(assets_def, AssetsDefinition):
             continue
-        name = assets_def.group_names_by_key[key]
-        deadline = Deadline.from_dict(_value(metadata[REPORT_DEADLINE]))
-        found[name] = DeclaredReport(
-            name, assets_def, deadline, bool(_value(metadata[REPORT_AUDITED]))
-        )
+        for key, spec in assets_def.specs_by_key.items():
+            if REPORT_DEADLINE not in spec.metadata:
+                continue
+            name = assets_def.group_names_by_key[key]
+            deadline = Deadline.from_dict(_value(spec.metadata[REPORT_DEADLINE]))
+            audited = bool(_value(spec.metadata[REPORT_AUDITED]))
+            partitions = assets_def.partitions_def
+            found[name] = DeclaredReport(name, key, partitions, deadline, audited)
     return list(found.values())
+
+
+def with_declared(defs: Definitions) -> Definitions:
+    """The same definitions with the resource `declared`: the declared reports they hold,
+    which the audit reads (a step has no repository to look in when its job is executed
+    in process). Apply it to the code location's whole definitions."""
+    return Definitions.merge(
+        defs, Definitions(resources={DECLARED_RESOURCE: declared_reports(defs)})
+    )
 
 
 def with_code_references(assets: list) -> list:

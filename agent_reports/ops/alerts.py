@@ -133,7 +133,7 @@ def freshness_alert_sensor(
     now = clock.now()
     lines, paused = [], []
     for declared, schedule in watched(context):
-        analysis, report = declared.analysis, declared.report
+        analysis = declared.analysis
         if not schedule_is_running(context, schedule):
             paused.append(analysis)
             continue
@@ -141,7 +141,7 @@ def freshness_alert_sensor(
         if window is None or has_report(context.instance, window, now):
             continue
         message = stale_message(window, now)
-        name = report.key.to_user_string()
+        name = declared.report_key.to_user_string()
         outcomes = _send(delivery, name, FRESHNESS_REPORT, window.key, message)
         lines.append(f"{analysis} {window.key}: {message.payload['detail']} → {_summary(outcomes)}")
     note = f" (paused, not judged: {', '.join(paused)})" if paused else ""
