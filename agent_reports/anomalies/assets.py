@@ -17,7 +17,7 @@ from dagster import (
     asset,
 )
 
-from agent_reports.anomalies import prompts
+from agent_reports.anomalies import prompts, tools
 from agent_reports.anomalies.analysis import (
     LOOKBACK_HOURS,
     SEVERITIES,
@@ -125,13 +125,17 @@ def anomalies_detection(
 def anomalies_report(
     context: AssetExecutionContext,
     anomalies_detection: dict[str, dict],
+    anomalies_traffic: dict[str, dict],
     analyst: AnalystResource,
     reports: ReportStoreResource,
 ) -> MaterializeResult:
     """The hour's anomaly report: verdict from code, triage note from the analyst (cached)."""
     requests = {
         key: AnalystRequest.from_prompts(
-            ANALYSIS, prompts, prompts.prompt_data(verdict, verdict["features"], key)
+            ANALYSIS,
+            prompts,
+            prompts.prompt_data(verdict, verdict["features"], key),
+            tools.tools(verdict["features"], anomalies_traffic[key]["baseline"]),
         )
         for key, verdict in anomalies_detection.items()
     }

@@ -158,6 +158,8 @@ def cost_metadata(answer: AnalystAnswer) -> MetadataValue:
 
 def report_notes(answer: AnalystAnswer) -> list[str]:
     """The notes every report carries about how its text was written."""
+    if answer.investigation_note and not answer.degraded:
+        return [answer.investigation_note]
     if answer.degraded:
         return [
             "Degraded: this text comes from the offline template, not the LLM analyst "
@@ -233,5 +235,6 @@ def report_from_answer(
         prompt_version=prompt_version,
         summary=answer.narrative["summary"],
         llm=answer.llm,
+        investigation=answer.investigation,
         **{"degraded": answer.degraded, **fields},
     )

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, select_autoescape
+from markupsafe import Markup, escape
 
 from agent_reports.core.files import write_all_atomic
 
@@ -83,6 +84,7 @@ class Report:
     images: list[Image] = field(default_factory=list)
     attachments: list[Attachment] = field(default_factory=list)
     llm: dict[str, Any] | None = None  # model, quality score, tokens, cost (analyst.py)
+    investigation: list[dict[str, Any]] | None = None  # tool calls (None: tools were off)
 
     @property
     def title(self) -> str:
@@ -92,6 +94,8 @@ class Report:
         record = asdict(self)
         for view_only in ("tables", "images", "attachments"):
             record.pop(view_only)
+        if record["investigation"] is None:  # tools off: the same record as before them
+            record.pop("investigation")
         text = json.dumps(record, indent=2, ensure_ascii=False, allow_nan=False)
         return json_escaped(text) + "\n"
 
@@ -113,6 +117,7 @@ class Report:
             lines += ["", f"_Chart: {md_text(image.title)} (in the HTML report)._"]
         for attachment in self.attachments:
             lines += ["", f"_Attached: `{md_text(attachment.filename)}`._"]
+        lines += investigation_section(self.investigation, markdown=True)
         for table in self.tables:
             lines += ["", f"## {md_text(table.title)}", ""]
             lines.append("| " + " | ".join(md_text(c) for c in table.columns) + " |")
@@ -132,7 +137,14 @@ class Report:
         """The HTML view; images as data URIs unless `image_urls` (e.g. `cid:` for email)."""
         urls = image_urls if image_urls is not None else [i.data_uri() for i in self.images]
         images = list(zip(self.images, urls, strict=True))
-        return neutral_text(_HTML.render(report=self, images=images, format_cell=format_cell))
+        return neutral_text(
+            _HTML.render(
+                report=self,
+                images=images,
+                format_cell=format_cell,
+                investigation=investigation_section(self.investigation, markdown=False),
+            )
+        )
 
     def paths(self, root: Path) -> dict[str, Path]:
         folder = root / self.analysis
@@ -153,6 +165,37 @@ class Report:
             ]
         )
         return paths
+
+
+def investigation_section(calls: list[dict[str, Any]] | None, markdown: bool) -> Any:
+    """The "Investigation" section: every tool call, its arguments and (cut) result, so a
+    reader sees what the narrative rests on. Markdown lines, or HTML as Markup; nothing
+    when tools were off. Arguments come from the model, results from the data: escaped."""
+    if calls is None:
+        return [] if markdown else ""
+    rows = [
+        (
+            str(call.get("step", "")),
+            str(call.get("tool", "")),
+            json.dumps(call.get("arguments"), ensure_ascii=False, sort_keys=True),
+            str(call.get("result", "")),
+        )
+        for call in calls
+    ]
+    if markdown:
+        lines = ["", "## Investigation", ""]
+        if not rows:
+            return [*lines, "No tool calls."]
+        return lines + [
+            f"{step}. **{md_text(tool)}** {md_text(arguments)} → {md_text(result)}"
+            for step, tool, arguments, result in rows
+        ]
+    items = "".join(
+        f"<li><code>{escape(tool)}</code> {escape(arguments)} → <code>{escape(result)}</code></li>"
+        for _step, tool, arguments, result in rows
+    )
+    body = f"<ol>{items}</ol>" if rows else "<p>No tool calls.</p>"
+    return Markup(f"<h2>Investigation</h2>\n{body}\n")
 
 
 def format_cell(value: Any) -> str:
@@ -248,7 +291,7 @@ img{max-width:100%}
 <figure><img src="{{ url }}" alt="{{ image.title }}">
 <figcaption>{{ image.title }}</figcaption></figure>
 {%- endfor %}
-{% for table in report.tables %}<h2>{{ table.title }}</h2>
+{{ investigation }}{% for table in report.tables %}<h2>{{ table.title }}</h2>
 <table><tr>{% for c in table.columns %}<th>{{ c }}</th>{% endfor %}</tr>
 {% for row in table.rows %}<tr>{% for v in row %}<td>{{ format_cell(v) }}</td>{% endfor %}</tr>
 {% endfor %}</table>{% endfor %}

@@ -27,7 +27,7 @@ from agent_reports.core.publishing import (
 from agent_reports.core.reports import Report, Table
 from agent_reports.core.resources import AnalystResource, DataSourceResource, ReportStoreResource
 from agent_reports.core.sources import InputError, in_window, window_coverage
-from agent_reports.market import prompts
+from agent_reports.market import prompts, tools
 from agent_reports.market.analysis import history_window, market_metrics
 from agent_reports.market.partitions import ANALYSIS, POOL, market_partitions
 
@@ -107,12 +107,15 @@ def market_analysis(
 def market_report(
     context: AssetExecutionContext,
     market_analysis: dict[str, dict],
+    market_prices: dict[str, pd.DataFrame],
     analyst: AnalystResource,
     reports: ReportStoreResource,
 ) -> MaterializeResult:
     """The day's market note: metrics from code, narrative from the analyst (cached)."""
     requests = {
-        key: AnalystRequest.from_prompts(ANALYSIS, prompts, prompts.prompt_data(metrics))
+        key: AnalystRequest.from_prompts(
+            ANALYSIS, prompts, prompts.prompt_data(metrics), tools.tools(market_prices[key], key)
+        )
         for key, metrics in market_analysis.items()
     }
     written = publish_reports(
