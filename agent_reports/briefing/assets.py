@@ -26,7 +26,7 @@ from dagster import (
     asset,
 )
 
-from agent_reports.briefing import prompts
+from agent_reports.briefing import prompts, tools
 from agent_reports.briefing.analysis import briefing_inputs, missing_sources
 from agent_reports.briefing.partitions import ANALYSIS, POOL, as_of, briefing_partitions
 from agent_reports.core import settings
@@ -80,7 +80,10 @@ def briefing_report(
     inputs = {key: briefing_inputs(root, as_of(key)) for key in context.partition_keys}
     requests = {
         key: AnalystRequest.from_prompts(
-            ANALYSIS, prompts, prompts.prompt_data(found, missing_sources(found))
+            ANALYSIS,
+            prompts,
+            prompts.prompt_data(found, missing_sources(found)),
+            tools.tools(root, as_of(key)),
         )
         for key, found in inputs.items()
     }

@@ -23,7 +23,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from agent_reports.churn import prompts
+from agent_reports.churn import prompts, tools
 from agent_reports.churn.analysis import (
     at_risk_csv,
     churn_metrics,
@@ -163,7 +163,9 @@ def churn_report(
     """The week's churn report: figures and charts from code, narrative and retention
     actions from the analyst (cached), the top at-risk customers as a CSV."""
     requests = {
-        key: AnalystRequest.from_prompts(ANALYSIS, prompts, prompts.prompt_data(metrics))
+        key: AnalystRequest.from_prompts(
+            ANALYSIS, prompts, prompts.prompt_data(metrics), tools.tools(metrics)
+        )
         for key, metrics in churn_analysis.items()
     }
     written = publish_reports(

@@ -27,7 +27,7 @@ from dagster import (
 from agent_reports.anomalies.partitions import anomalies_partitions
 from agent_reports.briefing.partitions import briefing_partitions
 from agent_reports.churn.partitions import churn_partitions
-from agent_reports.compliance import prompts
+from agent_reports.compliance import prompts, tools
 from agent_reports.compliance.analysis import (
     Materialization,
     PolicyConfig,
@@ -272,7 +272,9 @@ def compliance_report(
         for key in context.partition_keys
     }
     requests = {
-        key: AnalystRequest.from_prompts(ANALYSIS, prompts, prompts.prompt_data(audit))
+        key: AnalystRequest.from_prompts(
+            ANALYSIS, prompts, prompts.prompt_data(audit), tools.tools(audit)
+        )
         for key, audit in audits.items()
     }
     written = publish_reports(

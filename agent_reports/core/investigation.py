@@ -242,9 +242,7 @@ def calls_of(messages: Sequence[Any], steps: int) -> list[dict[str, Any]]:
         for part in message.parts:
             if isinstance(part, ToolReturnPart) and part.outcome == "success":
                 results[part.tool_call_id] = str(part.content)
-            elif isinstance(part, ToolReturnPart):  # a bad argument: the model was told why
-                results[part.tool_call_id] = "error: " + _retry_text(part.content)
-            elif isinstance(part, RetryPromptPart) and part.tool_name:
+            elif isinstance(part, ToolReturnPart | RetryPromptPart):  # a bad argument
                 results[part.tool_call_id] = "error: " + _retry_text(part.content)
     calls = []
     for message in messages:

@@ -6,6 +6,7 @@ never later), so a result is a function of the window; see core/investigation.py
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -42,7 +43,7 @@ def ticker_history(rows: list[dict[str, Any]]) -> Callable[..., Any]:
         own = [row for row in rows if row["ticker"] == ticker][-(_days(days) + 1) :]
         history = [
             {**row, "return_1d": round(row["close"] / before["close"] - 1, 6)}
-            for before, row in zip(own, own[1:], strict=False)
+            for before, row in itertools.pairwise(own)
         ]
         return {
             "ticker": ticker,
