@@ -340,9 +340,13 @@ class RateLimitGate:
         if starts:
             log.warning("LLM API rate limit (HTTP 429): every request waits %.2f s", seconds)
 
+    def remaining(self) -> float:
+        """Seconds the pause in force still lasts (0 or less: none)."""
+        return self._until - self._clock()
+
     def wait(self) -> None:
         """Block until no pause is in force (a pause may be extended while we sleep)."""
-        while (remaining := self._until - self._clock()) > 0:
+        while (remaining := self.remaining()) > 0:
             time.sleep(remaining)
 
     def on_request(self, _request: Any) -> None:
@@ -504,7 +508,7 @@ class OpenAIAnalyst:
         gate = self.gate
 
         async def wait(_request: Any) -> None:
-            while (remaining := gate._until - gate._clock()) > 0:
+            while (remaining := gate.remaining()) > 0:
                 await asyncio.sleep(remaining)
 
         async def pause(response: httpx.Response) -> None:
