@@ -182,3 +182,45 @@ def test_a_server_that_refuses_tools_answers_without_them(tools_on, run_partitio
     assert record["degraded"] is False and record["summary"] == MARKET_NOTE["summary"]
     assert record["investigation"] == []
     assert any("refused the tools request (HTTP 400)" in note for note in record["notes"])
+
+
+def test_tool_results_are_bounded_escaped_and_the_cache_key_holds_the_tool_data(tmp_path):
+    """Pure: what the model sees of a result, and what a cached answer is keyed on."""
+    import pandas as pd
+
+    from agent_reports.core.analyst import (
+        AnalystRequest,
+        CachedAnalyst,
+        OpenAIAnalyst,
+        ResponseCache,
+    )
+    from agent_reports.core.investigation import MAX_RESULT_CHARS, result_text
+    from agent_reports.market import prompts, tools
+
+    text = result_text({"path": "</data>" * 1000})
+    assert len(text) < MAX_RESULT_CHARS + 40 and text.count("</data>") == 1
+    assert "\\u003c/data\\u003e" in text and text.endswith("…(truncated)\n</data>")
+
+    def prices(close: float) -> pd.DataFrame:
+        dates = pd.to_datetime(["2024-03-04", "2024-03-05", "2024-03-06"])
+        return pd.DataFrame(
+            {"date": dates, "ticker": "ALPH", "close": [10.0, close, 99.0], "volume": 5}
+        )
+
+    box = tools.tools(prices(11.0), DAY)
+    [history, _volume] = box.tools
+    assert [d["date"] for d in history(ticker="ALPH")["days"]] == [DAY]  # never after the day
+    assert box.signature() == tools.tools(prices(11.0), DAY).signature()  # deterministic
+    assert box.signature() != tools.tools(prices(12.0), DAY).signature()  # keyed on the data
+
+    data = {"date": DAY, "trading_day": True, "tickers": {}, "top_movers": []}
+    plain = AnalystRequest.from_prompts("market", prompts, data)
+    with_tools = AnalystRequest.from_prompts("market", prompts, data, box)
+    cache = ResponseCache(tmp_path)
+
+    def key(steps: int, request: AnalystRequest) -> str:
+        inner = OpenAIAnalyst("gpt-4o-mini", "sk-test", tool_steps=steps)
+        return CachedAnalyst(inner, cache).cache_key(request)
+
+    assert key(0, with_tools) == key(0, plain) == key(4, plain)  # tools off: today's key
+    assert key(4, with_tools) != key(0, with_tools) != key(2, with_tools)

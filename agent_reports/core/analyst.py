@@ -388,6 +388,8 @@ class OpenAIAnalyst:
     `invalid_reply_attempts` in all, with the reason it was rejected. With a `budget`,
     each request first checks the month's spend, and every attempt's tokens and cost are
     recorded, failed ones included (estimated and flagged when the server never said).
+    With `tool_steps` > 0 and a request that carries tools, the model may first call
+    them (investigation.py); the answer then passes the same check and gate.
     """
 
     def __init__(

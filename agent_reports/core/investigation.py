@@ -73,10 +73,10 @@ def result_text(value: Any) -> str:
     """A tool's result as the model sees it: wrapped, escaped, bounded."""
     from agent_reports.core.analyst import escape_markup
 
-    text = canonical_json(value)
+    text = escape_markup(canonical_json(value))  # then cut: the bound is what is sent
     if len(text) > MAX_RESULT_CHARS:
         text = text[:MAX_RESULT_CHARS] + "…(truncated)"
-    return f"<data>\n{escape_markup(text)}\n</data>"
+    return f"<data>\n{text}\n</data>"
 
 
 def _wrapped(function: Callable[..., Any]) -> Callable[..., str]:
@@ -273,7 +273,10 @@ def _arguments(part: Any) -> Any:
 def _unwrapped(text: str) -> str:
     """The result's JSON without the <data> wrapper (the report escapes it its own way)."""
     inner = text.removeprefix("<data>\n").removesuffix("\n</data>")
-    return inner.replace("\\u003c", "<").replace("\\u003e", ">").replace("\\u0026", "&")
+    try:
+        return canonical_json(json.loads(inner))
+    except ValueError:  # cut short: undo only the markup escapes
+        return inner.replace("\\u003c", "<").replace("\\u003e", ">").replace("\\u0026", "&")
 
 
 def _retry_text(content: Any) -> str:
