@@ -195,9 +195,9 @@ class Report:
         lines = []
         for finding in self.findings:
             title = str(finding["title"])
-            missing = [s for s in finding.get("subjects", []) if str(s) not in title]
+            missing = [str(s) for s in finding.get("subjects", []) if not _names(title, str(s))]
             if missing:
-                title += f" ({', '.join(map(str, finding.get('subjects', [])))})"
+                title += f" ({', '.join(missing)})"
             lines.append((title, str(finding["detail"])))
         return lines
 
@@ -234,6 +234,11 @@ class Report:
             ]
         )
         return paths
+
+
+def _names(title: str, subject: str) -> bool:
+    """Whether `title` names `subject` as a word (BRVO in "BRVO +2.69 %", not A in it)."""
+    return re.search(rf"(?<!\w){re.escape(subject)}(?!\w)", title) is not None
 
 
 CALLOUT_TITLES = {"error": "Error", "warning": "Warning", "info": "Note"}
