@@ -144,7 +144,8 @@ def offline_narrative(data: dict[str, Any]) -> TriageNote:
     first = anomalies[0]
     cause, look = _CAUSES.get(first["metric"], ("an unusual pattern", "the evidence"))
     return TriageNote(
-        summary=f"{len(anomalies)} anomalies in {data['hour']} UTC (severity {data['severity']}); "
+        summary=f"{len(anomalies)} anomal{'y' if len(anomalies) == 1 else 'ies'} in "
+        f"{data['hour']} UTC (severity {data['severity']}); "
         f"the strongest is {first['metric']} at {shown(first, 'observed')} against an "
         f"expected {shown(first, 'expected_low')} – {shown(first, 'expected_high')}.",
         findings=[_describe(a) for a in anomalies[:5]],

@@ -99,11 +99,11 @@ def build_briefing(key: str, inputs: dict, answer: AnalystAnswer) -> Report:
     window = briefing_partitions.time_window_for_partition_key(key)
     missing = missing_sources(inputs)
     as_of = datetime.fromisoformat(inputs["as_of"])
-    notes = [Note(f"As of {as_of:%Y-%m-%d %H:%M} New York time ({as_of:%Z}, UTC{as_of:%z}).")]
+    utc = as_of.astimezone(UTC)
+    notes = [Note(f"As of {as_of:%Y-%m-%d %H:%M} New York time ({utc:%Y-%m-%d %H:%M} UTC).")]
     if missing:
-        notes.append(
-            Note("Not available at 09:00 New York: " + ", ".join(missing) + ".", "warning")
-        )
+        text = "Not available at 09:00 New York time: " + ", ".join(missing) + "."
+        notes.append(Note(text, "warning"))
     notes += notes_at("warning" if answer.degraded else "info", report_notes(answer))
     sources = [
         [

@@ -241,16 +241,14 @@ def spike_findings(trend: dict | None, key: str) -> list[dict[str, Any]]:
     if not spikes:
         return []
     week = spikes[-1]
-    when = "this week" if week["week"] == key else f"the week of {week['week']}"
-    times = week["churned"] / trend["median"] if trend["median"] else None
-    size = f", {format_value('ratio', times)} the median" if times else ", against a median"
-    weeks = len(trend["weeks"])
+    when = "this week" if week["week"] == key else f"in the week of {week['week']}"
+    median = trend["median"]
+    times = f"{week['churned'] / median:.1f}× " if median else ""
     return [
         {
             "title": f"Churn spike {when}: {week['churned']} customers left",
-            "detail": f"{week['churned']} customers left in {when}{size} of "
-            f"{format_value('num', trend['median'])} a week over the last {weeks} weeks "
-            "(computed from the customer data, not by the LLM).",
+            "detail": f"{times}the median of {format_value('num', median)} a week over the "
+            f"last {len(trend['weeks'])} weeks (from the customer data, not the LLM).",
             "subjects": [],
         }
     ]

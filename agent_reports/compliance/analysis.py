@@ -103,10 +103,14 @@ def not_scheduled_reason(window: Window, history: ScheduleHistory) -> str | None
     if history.first_activity is None:
         return "the analysis never ran in this instance"
     if window.deadline.timestamp() < history.first_activity:
-        return f"before the analysis' first run ({_iso(history.first_activity)})"
+        return f"before the analysis' first run ({_minute(history.first_activity)})"
     if history.stopped_after is not None and window.end.timestamp() > history.stopped_after:
-        return f"schedule stopped (last tick {_iso(history.stopped_after)})"
+        return f"schedule stopped (last tick {_minute(history.stopped_after)})"
     return None
+
+
+def _minute(timestamp: float) -> str:
+    return f"{datetime.fromtimestamp(timestamp, UTC):%Y-%m-%d %H:%M} UTC"
 
 
 def windows_due(windows: Iterable[Window], start: datetime, end: datetime) -> list[Window]:

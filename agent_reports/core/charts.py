@@ -41,19 +41,19 @@ def _scale(value: float, low: float, high: float, start: float, end: float) -> f
 
 def price_chart(title: str, points: Sequence[tuple[str, float]], change: float | None) -> Chart:
     """A ticker's recent closes as a line, the last point marked; green when the day rose."""
-    width, height, pad = 240, 64, 4
+    width, height, pad = 280, 70, 4
     values = [v for _, v in points]
     low, high = min(values), max(values)
-    xs = [_scale(i, 0, max(len(values) - 1, 1), pad, width - 44) for i in range(len(values))]
+    xs = [_scale(i, 0, max(len(values) - 1, 1), pad, width - 70) for i in range(len(values))]
     ys = [_scale(v, low, high, height - 14, pad + 2) for v in values]
     colour = GOOD if (change or 0) >= 0 else BAD
     line = " ".join(f"{x:.1f},{y:.1f}" for x, y in zip(xs, ys, strict=True))
     body = [
         f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="1.5"/>',
         f'<circle cx="{xs[-1]:.1f}" cy="{ys[-1]:.1f}" r="2.5" fill="{colour}"/>',
-        _text(width - 40, ys[-1] + 4, fmt("price", values[-1]), fill=INK),
+        _text(width - 64, ys[-1] + 4, fmt("price", values[-1]), fill=INK),
         _text(pad, height - 2, f"{points[0][0]} → {points[-1][0]}"),
-        _text(width - 40, height - 2, fmt("pct", change), fill=colour),
+        _text(width - 2, height - 2, fmt("pct", change), "end", colour),
     ]
     rows = [[day, value] for day, value in points[-5:]]
     return Chart(
@@ -78,7 +78,7 @@ class Band:
 def band_chart(title: str, bands: Sequence[Band]) -> Chart:
     """One strip per metric: the expected range shaded, the baseline hours as grey dots,
     the observed value as a dot, red when outside the range."""
-    width, row, left = 420, 30, 110
+    width, row, left = 520, 34, 80
     body = []
     for i, band in enumerate(bands):
         top = 6 + i * row
@@ -93,6 +93,8 @@ def band_chart(title: str, bands: Sequence[Band]) -> Chart:
             _text(0, top + 13, band.label, fill=INK),
             f'<rect x="{x0:.1f}" y="{top + 2}" width="{max(x1 - x0, 1):.1f}" height="14" '
             f'fill="{BAND}"/>',
+            _text(x0, top + 28, fmt(band.kind, band.low), "middle"),
+            _text(x1, top + 28, fmt(band.kind, band.high), "middle"),
         ]
         body += [
             f'<circle cx="{_scale(v, low, high, left, width - 70):.1f}" cy="{top + 9}" r="2" '
@@ -117,7 +119,7 @@ def band_chart(title: str, bands: Sequence[Band]) -> Chart:
         for b in bands
     ]
     table = Table(title, ["metric", "this hour", "expected", "baseline hours"], rows)
-    return Chart(title, _svg(width, 6 + row * len(bands), body, title), table)
+    return Chart(title, _svg(width, 8 + row * len(bands), body, title), table)
 
 
 def stacked_bars(

@@ -420,10 +420,12 @@ DEMO_SIGNAL = {
 }
 
 
-# A churn wave every DEMO_WAVE_WEEKS weeks (a price change, say): that week, a share of
-# the active month-to-month customers leave, so every recent report shows a spike.
+# From DEMO_WAVES_FROM on, a churn wave every DEMO_WAVE_WEEKS weeks (a price change, say):
+# that week DEMO_WAVE_SHARE of the active month-to-month customers leave, so every recent
+# report's trend shows a spike.
+DEMO_WAVES_FROM = date(2023, 1, 2)
 DEMO_WAVE_WEEKS = 4
-DEMO_WAVE_SHARE = 0.04
+DEMO_WAVE_SHARE = 0.035
 
 
 def _pick(rng: np.random.Generator, options: dict[str, float], n: int) -> np.ndarray:
@@ -506,7 +508,8 @@ def _churn_waves(
     signup, churn = signup.to_numpy(), churn.to_numpy().copy()
     monthly = contract == "Month-to-month"
     weeks = (DEMO_END - DEMO_START).days // 7
-    for week in range(DEMO_WAVE_WEEKS - 1, weeks, DEMO_WAVE_WEEKS):
+    first = (DEMO_WAVES_FROM - DEMO_START).days // 7 + DEMO_WAVE_WEEKS - 1
+    for week in range(first, weeks, DEMO_WAVE_WEEKS):
         start = np.datetime64(DEMO_START) + np.timedelta64(7 * week, "D")
         end = start + np.timedelta64(7, "D")
         active = monthly & (signup < start) & (churn >= end)
