@@ -74,8 +74,8 @@ def offline_narrative(data: dict[str, Any]) -> Narrative:
         findings.append(
             Finding(
                 title="No anomaly reports",
-                detail=f"None of the last {anomalies['hours_expected']} hours has an anomaly "
-                "report yet: traffic was not checked.",
+                detail=f"0 of the last {anomalies['hours_expected']} hours have an anomaly "
+                "report: traffic was not checked.",
                 subjects=["anomalies"],
             )
         )
