@@ -201,8 +201,9 @@ class Report:
             lines.append((title, str(finding["detail"])))
         return lines
 
-    def to_html(self, image_urls: list[str] | None = None) -> str:
-        """The HTML view; images as data URIs unless `image_urls` (e.g. `cid:` for email)."""
+    def to_html(self, image_urls: list[str] | None = None, chart_tables: bool = False) -> str:
+        """The HTML view; images as data URIs unless `image_urls` (e.g. `cid:` for email);
+        `chart_tables` adds each chart's figures as a table (mail clients that drop SVG)."""
         urls = image_urls if image_urls is not None else [i.data_uri() for i in self.images]
         images = list(zip(self.images, urls, strict=True))
         charts = [Markup(chart.svg) for chart in self.charts]  # built and escaped by charts.py
@@ -212,6 +213,7 @@ class Report:
                 images=images,
                 charts=zip(self.charts, charts, strict=True),
                 titles=CALLOUT_TITLES,
+                chart_tables=chart_tables,
             )
         )
 
@@ -412,7 +414,10 @@ img{max-width:100%}
 <li><strong>{{ title }}</strong>: {{ detail }}</li>
 {% endfor %}</ul>{% else %}<p class="none">None.</p>{% endif %}
 {% set shown = report.charts or images %}{% if shown %}<h2>Charts</h2><div class="charts">
-{% for chart, svg in charts %}<figure>{{ svg }}<figcaption>{{ chart.title }}</figcaption></figure>
+{% for chart, svg in charts %}<figure>{{ svg }}<figcaption>{{ chart.title }}</figcaption>
+{%- if chart_tables %}<table><tr>{% for c in chart.table.columns %}<th>{{ c }}</th>{% endfor %}</tr>
+{% for row in chart.table.cells() %}<tr>{% for v in row %}<td>{{ v }}</td>{% endfor %}</tr>
+{% endfor %}</table>{% endif %}</figure>
 {% endfor %}{% for image, url in images %}<figure><img src="{{ url }}" alt="{{ image.title }}">
 <figcaption>{{ image.title }}</figcaption></figure>
 {% endfor %}</div>{% endif %}
