@@ -185,7 +185,9 @@ def _first_run(instance: DagsterInstance, analysis: str) -> float | None:
 def schedule_history(instance: DagsterInstance, cutoff: datetime) -> dict[str, ScheduleHistory]:
     """Per audited analysis: its first run, report or schedule tick (ever: a first moment
     does not move), and, when its schedule is stopped now, its last tick before `cutoff`."""
-    states = {state.instigator_name: state for state in instance.all_instigator_state()}
+    states = {}
+    if instance.schedule_storage is not None:  # an ephemeral instance keeps no schedules
+        states = {state.instigator_name: state for state in instance.all_instigator_state()}
     found = {}
     for analysis in AUDITED:
         state = states.get(f"{analysis}_job_schedule")

@@ -298,7 +298,10 @@ _ZONE_NAMES = {"UTC": "UTC", "America/New_York": "New York time"}
 def window_text(start: str, end: str, zone: str = "UTC") -> str:
     """`2024-03-04 00:00 → 2024-03-05 00:00 UTC`; outside UTC the zone's name and the
     offset, so a New York window never reads as UTC."""
-    first, last = datetime.fromisoformat(start), datetime.fromisoformat(end)
+    try:
+        first, last = datetime.fromisoformat(start), datetime.fromisoformat(end)
+    except ValueError:  # not a time: shown as written
+        return f"{start} → {end} ({zone})"
     text = f"{first:%Y-%m-%d %H:%M} → {last:%Y-%m-%d %H:%M}"
     offset = first.utcoffset()
     if zone == "UTC" and not offset:
