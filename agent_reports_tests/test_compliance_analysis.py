@@ -95,7 +95,7 @@ def test_windows_are_classified_from_history_before_the_cutoff():
         "2024-03-07": ("ok", ["retried", "failed attempts"]),
     }
     assert result["per_analysis"]["market"] == {
-        "windows": 7, "ok": 3, "late": 1, "missing": 2, "failed": 1,
+        "windows": 7, "ok": 3, "late": 1, "missing": 2, "failed": 1, "not scheduled": 0,
         "degraded": 1, "re-run": 1, "retried": 1, "failed attempts": 1,
     }  # fmt: skip
     assert result["per_analysis"]["churn"]["windows"] == 0  # every analysis has a row

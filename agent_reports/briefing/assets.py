@@ -12,6 +12,7 @@ America/New_York don't match"), and which report a briefing reads is decided by
 """
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 from dagster import (
@@ -51,7 +52,7 @@ from agent_reports.core.report_email import (
     approval_required,
     hold_for_approval,
 )
-from agent_reports.core.reports import Report, Table
+from agent_reports.core.reports import Note, Report, Table, notes_at
 from agent_reports.core.resources import AnalystResource, DeliveryResource, ReportStoreResource
 
 COMMON = {
@@ -100,12 +101,21 @@ def briefing_report(
 def build_briefing(key: str, inputs: dict, answer: AnalystAnswer) -> Report:
     window = briefing_partitions.time_window_for_partition_key(key)
     missing = missing_sources(inputs)
-    notes = [f"As of {inputs['as_of']} (09:00 New York)."]
+    as_of = datetime.fromisoformat(inputs["as_of"])
+    utc = as_of.astimezone(UTC)
+    notes = [Note(f"As of {as_of:%Y-%m-%d %H:%M} New York time ({utc:%Y-%m-%d %H:%M} UTC).")]
     if missing:
-        notes.append("Not available at 09:00: " + ", ".join(missing) + ".")
-    notes += report_notes(answer)
+        text = "Not available at 09:00 New York time: " + ", ".join(missing) + "."
+        notes.append(Note(text, "warning"))
+    notes += notes_at("warning" if answer.degraded else "info", report_notes(answer))
     sources = [
-        [name, src["partition"], src["window_end"], src["degraded"], src["input_fingerprint"][:16]]
+        [
+            name,
+            src["partition"],
+            _utc(src["window_end"]),
+            src["degraded"],
+            src["input_fingerprint"][:16],
+        ]
         for name in ("market", "churn")
         if (src := inputs[name]) is not None
     ]
@@ -120,15 +130,17 @@ def build_briefing(key: str, inputs: dict, answer: AnalystAnswer) -> Report:
         findings=answer.narrative["findings"],
         metrics={**inputs, "missing": missing},
         tables=[
-            table
-            for table in (
-                Table("Sources", ["source", "window", "ends", "degraded", "inputs"], sources),
-                Table("Worst anomaly hours (UTC)", ["hour", "severity", "summary"], worst),
-            )
-            if table.rows
+            Table("Sources", ["source", "window", "ends (UTC)", "degraded", "inputs"], sources),
+            Table("Worst anomaly hours (UTC)", ["hour", "severity", "summary"], worst),
         ],
         notes=notes,
+        timezone="America/New_York",
     )
+
+
+def _utc(text: str) -> str:
+    """An ISO time as `2024-03-05 00:00` in UTC (the sources' windows are UTC)."""
+    return f"{datetime.fromisoformat(text).astimezone(UTC):%Y-%m-%d %H:%M}"
 
 
 def recipients() -> list[str]:
