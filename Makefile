@@ -73,7 +73,7 @@ audit: install-test
 test: install-test lint audit
 	bash .ci/ensure-postgres
 	bash deploy/install-test-browser.sh
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=30
 
 clean:
 	rm -rf $(VENV) .dagster_home .stack reports state .pytest_cache .ruff_cache

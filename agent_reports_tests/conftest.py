@@ -27,6 +27,28 @@ PG_PORT = int(os.environ.get("AGENT_REPORTS_TEST_PG_PORT", "5432"))
 PG_USER = os.environ.get("AGENT_REPORTS_TEST_PG_USER", "postgres")
 
 
+# `make test` runs the suite on two pytest-xdist workers (`--dist loadgroup`). The files
+# that start a whole Dagster stack (daemon, webserver, code server, `make run`, a browser)
+# are time-sensitive on a 2-core machine: they stay together on one worker, one at a time,
+# while the other worker takes the in-process tests.
+STACK_TEST_FILES = {
+    "test_stack_e2e.py",
+    "test_soak.py",
+    "test_run_lock.py",
+    "test_run_queue.py",
+    "test_make_run.py",
+    "test_ui_market.py",
+    "test_secrets.py",
+    "test_deploy_security.py",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in STACK_TEST_FILES:
+            item.add_marker(pytest.mark.xdist_group("stack"))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -316,7 +316,8 @@ def test_a_degraded_report_is_held_then_the_good_one_goes_out_once(
     assert _per_recipient(mail) == Counter(RECIPIENTS)
     record = json.loads((isolated_dirs / "reports" / "churn" / f"{WEEK}.json").read_text())
     assert record["generated_by"] == "gpt-4o-mini" and record["degraded"] is False
-    assert [f["title"] for f in record["findings"]] == [
+    titles = [f["title"] for f in record["findings"]]  # the code's spike finding, then the LLM's
+    assert [t for t in titles if not t.startswith("Churn spike in")] == [
         "Month-to-month churns most",
         "Action: Offer annual contracts",
     ]

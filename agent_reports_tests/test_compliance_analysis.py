@@ -86,7 +86,9 @@ def test_windows_are_classified_from_history_before_the_cutoff():
         RunAttempt("market", "r8", ("2024-03-07",), "SUCCESS", _ts("2024-03-08T06:30"), 1, "r7"),
         RunAttempt("market", "r9", ("2024-03-04",), "FAILURE", _ts("2024-04-02T06:00")),  # later
     ]
-    result = coverage(windows, mats, runs, APRIL, ["market", "anomalies", "churn", "briefing"])
+    result = coverage(
+        windows, mats, runs, APRIL, analyses=["market", "anomalies", "churn", "briefing"]
+    )
     got = {r["window"]: (r["status"], r["flags"]) for r in result["windows"]}
     assert got == {
         "2024-03-01": ("ok", []),
@@ -98,7 +100,7 @@ def test_windows_are_classified_from_history_before_the_cutoff():
         "2024-03-07": ("ok", ["retried", "failed attempts"]),
     }
     assert result["per_analysis"]["market"] == {
-        "windows": 7, "ok": 3, "late": 1, "missing": 2, "failed": 1,
+        "windows": 7, "ok": 3, "late": 1, "missing": 2, "failed": 1, "not scheduled": 0,
         "degraded": 1, "re-run": 1, "retried": 1, "failed attempts": 1,
     }  # fmt: skip
     assert result["per_analysis"]["churn"]["windows"] == 0  # every analysis has a row

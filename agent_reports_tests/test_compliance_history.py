@@ -163,16 +163,20 @@ def test_the_audit_finds_the_known_gaps_and_failures(
         "late": 1,
         "missing": 3,
         "failed": 1,
+        "not scheduled": 0,
         "degraded": 1,
         "re-run": 1,
         "retried": 1,
         "failed attempts": 1,
     }
-    # The other analyses never ran: every window due in March is missing.
+    # The other analyses never ran in this instance: their windows were not scheduled,
+    # apart from the market's gaps, which are missing (the market ran before them).
     due = {"anomalies": 744, "briefing": 21, "churn": 4}
     for analysis, windows in due.items():
         counts = metrics["coverage"][analysis]
-        assert (counts["windows"], counts["missing"], counts["ok"]) == (windows, windows, 0)
+        assert (counts["windows"], counts["not scheduled"], counts["missing"]) == (windows,) * 2 + (
+            0,
+        )
 
     market = {w["window"]: w for w in metrics["problem_windows"] if w["analysis"] == "market"}
     assert {k: (w["status"], w["flags"]) for k, w in market.items()} == {
@@ -206,8 +210,12 @@ def test_the_audit_finds_the_known_gaps_and_failures(
 
     [gaps] = [c for c in result.get_asset_check_evaluations() if c.check_name.startswith("every")]
     assert gaps.passed is False
-    assert gaps.metadata["gaps"].value == 3 + 1 + sum(due.values())
-    assert "27 of 800 scheduled windows produced their report" in record["summary"]
+    assert gaps.metadata["gaps"].value == 3 + 1
+    assert "27 of 31 scheduled windows produced their report" in record["summary"]
+    assert "769 more were not scheduled" in record["summary"]
+    markdown = path.with_suffix(".md").read_text()
+    assert "| anomalies | 2024-02-29 21:00 → 2024-03-31 20:00 | 744 |" in markdown
+    assert "| market | 2024-03-10 → 2024-03-11 | 2 | missing |" in markdown
     # No log file: the log half of the audit is unknown (a failing error check), not clean.
     assert metrics["log_scan"]["verdict"] == "unknown"
     assert metrics["log_scan"]["reasons"] == ["no log file found"]

@@ -327,10 +327,9 @@ def test_the_split_reads_as_a_split_in_the_report(drop, run_partition, isolated_
     run_partition("market_job", "2024-03-28")
     record = _report(isolated_dirs, "market", "2024-03-28")
     notes = " ".join(record["notes"])
-    assert "NADJ.US: probable 2:1 split (raw close -49.4%" in notes
-    assert "-49" not in record["summary"] and "+1.20%" in record["summary"] + json.dumps(
-        record["findings"]
-    )
+    assert "NADJ.US: probable 2:1 split (raw close −49.40 %" in notes
+    assert "-49" not in record["summary"] and "−49" not in record["summary"]
+    assert "+1.20 %" in record["summary"] + json.dumps(record["findings"])
     assert any(f["title"] == "NADJ.US: probable 2:1 split" for f in record["findings"])
     markdown = (isolated_dirs / "reports" / "market" / "2024-03-28.md").read_text()
     assert "| NADJ.US | 54.06 | " in markdown and "adj close" not in markdown  # none in file

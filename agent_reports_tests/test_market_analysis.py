@@ -85,7 +85,13 @@ def test_a_day_without_trading_is_a_report_that_says_so() -> None:
     saturday = date(2024, 3, 9)
     prices = DemoSource().market_prices(*history_window(saturday))
     metrics = market_metrics(prices, saturday)
-    assert metrics == {"date": "2024-03-09", "trading_day": False, "tickers": {}, "top_movers": []}
+    assert metrics == {
+        "date": "2024-03-09",
+        "trading_day": False,
+        "tickers": {},
+        "top_movers": [],
+        "recent_prices": {},
+    }
     narrative = offline_narrative(prompt_data(metrics))
     assert "No trading on 2024-03-09" in narrative.summary
     assert narrative.findings == []

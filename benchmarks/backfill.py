@@ -32,6 +32,9 @@ makes no LLM request; importing the definitions < 2 s.
     # everything (over an hour on a loaded 2-core machine; writes about 1.5 GB of logs
     # under --data-dir once, about 40 s)
     .venv/bin/python benchmarks/backfill.py --repeats 2
+    # the cost of investigation with tools: requests, tokens and tool calls per
+    # partition with and without tools, in process against llmock (a minute or two)
+    .venv/bin/python benchmarks/backfill.py --investigation 3
     # a quick look: small ranges, anomalies on demo data, one repeat
     .venv/bin/python benchmarks/backfill.py --quick
     .venv/bin/python benchmarks/backfill.py --analyses market --analysts offline --quick
@@ -291,6 +294,16 @@ class LLMock:
         behavior = {"type": "reply", "text": json.dumps(MOCK_REPLY), "times": None}
         self._call("/_llmock/scenario", "POST", {"behaviors": [behavior]})
 
+    def script_investigation(self, call: tuple[str, dict], calls: int) -> None:
+        """`calls` tool calls (one a request) offered tools, then the answer, from now on."""
+        self._call("/_llmock/reset", "POST", {})
+        name, arguments = call
+        behaviors = [
+            {"type": "reply", "tool_calls": [{"name": name, "arguments": arguments}]}
+        ] * calls
+        behaviors.append({"type": "reply", "text": json.dumps(MOCK_REPLY), "times": None})
+        self._call("/_llmock/scenario", "POST", {"behaviors": behaviors})
+
     def forget_requests(self) -> None:
         self._call("/_llmock/requests", "DELETE")
 
@@ -312,6 +325,82 @@ def llmock(folder: Path, latency_ms: int) -> Iterator[LLMock]:
         yield server
     finally:
         stop_process(process)
+
+
+# ------------------------------------------------------------------- cost of investigation
+
+# The first tool of each analysis and arguments it takes, for a scripted investigation.
+TOOL_CALLS = {
+    "market": ("volume_by_day", {"days": 5}),
+    "anomalies": ("breakdown_hour", {"by": "path"}),
+    "churn": ("churn_by_segment", {"column": "contract"}),
+    "compliance": ("problem_windows", {"analysis": "market"}),
+    "briefing": ("input_findings", {"source": "market"}),
+}
+
+
+def investigation_cost(analyses: list[Analysis], partitions: int, steps: int, calls: int) -> None:
+    """Requests, tokens and tool calls per partition, with tools off and with up to
+    `steps` tool calls, the model (llmock) making `calls` of them before it answers. In
+    process (no daemon): what is measured is the LLM traffic, not the orchestration."""
+    from dagster import DagsterInstance
+
+    from agent_reports.definitions import defs
+
+    print(f"\ncost of investigation: {partitions} partition(s) per analysis, in process, llmock")
+    print(
+        f"{'analysis':<11} {'tools':<22} {'requests/p':>10} {'tokens/p':>9} "
+        f"{'calls/p':>8} {'s/p':>6}"
+    )
+    with tempfile.TemporaryDirectory(prefix="investigation-bench-") as folder:
+        root = Path(folder)
+        with llmock(root, 0) as server:
+            for index, setting in enumerate((0, steps)):
+                work = root / f"config{index}"
+                os.environ.update(stack_env(work, "llm", server, None))
+                os.environ["AGENT_REPORTS_LLM_TOOL_STEPS"] = str(setting)
+                instance = DagsterInstance.ephemeral()
+                for analysis in analyses:
+                    rows = []
+                    for key in analysis.range_keys[:partitions]:
+                        server.script_investigation(
+                            TOOL_CALLS[analysis.name], calls if setting else 0
+                        )
+                        began = time.perf_counter()
+                        defs.resolve_job_def(analysis.job).execute_in_process(
+                            partition_key=key, instance=instance, raise_on_error=False
+                        )
+                        rows.append(
+                            _cost_row(work, analysis.name, key, time.perf_counter() - began)
+                        )
+                    label = "off" if not setting else f"{calls} calls, limit {setting}"
+                    print(_cost_line(analysis.name, label, rows), flush=True)
+
+
+def _cost_row(work: Path, analysis: str, key: str, seconds: float) -> tuple:
+    path = work / "reports" / analysis / f"{key}.json"
+    record = json.loads(path.read_text()) if path.exists() else {}
+    llm = record.get("llm") or {}
+    tokens = (llm.get("prompt_tokens") or 0) + (llm.get("completion_tokens") or 0)
+    degraded = record.get("degraded", True)
+    return (
+        llm.get("requests") or 0,
+        tokens,
+        len(record.get("investigation") or []),
+        seconds,
+        degraded,
+    )
+
+
+def _cost_line(analysis: str, label: str, rows: list[tuple]) -> str:
+    def med(i: int) -> float:
+        return statistics.median(row[i] for row in rows)
+
+    degraded = sum(row[4] for row in rows)
+    return (
+        f"{analysis:<11} {label:<22} {med(0):>10.1f} {med(1):>9.0f} {med(2):>8.1f} {med(3):>6.1f}"
+        + (f"  ({degraded} degraded)" if degraded else "")
+    )
 
 
 # ------------------------------------------------------------------------------ measuring
@@ -626,7 +715,20 @@ def main() -> None:
         help="run the sample and the second range run in every repeat, not only the first",
     )
     parser.add_argument("--instance", default="dagster.yaml", help="instance yaml (repo path)")
+    parser.add_argument(
+        "--investigation",
+        type=int,
+        metavar="N",
+        help="only the cost of investigation with tools, over N partitions per analysis",
+    )
+    parser.add_argument("--tool-steps", type=int, default=4, help="with --investigation")
+    parser.add_argument("--tool-calls", type=int, default=2, help="with --investigation")
     args = parser.parse_args()
+    if args.investigation:
+        order = [name for name in ORDER if name in args.analyses]
+        analyses = load_analyses(order, True, 1)
+        investigation_cost(analyses, args.investigation, args.tool_steps, args.tool_calls)
+        return
     # SIGTERM unwinds like Ctrl-C, so the dagster dev stacks and llmock are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args.analysts = args.analysts or ["offline", "llm"]

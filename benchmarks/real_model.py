@@ -7,8 +7,10 @@ analysis with the connection given only by OPENAI_BASE_URL, OPENAI_API_KEY and
 AGENT_REPORTS_MODEL (the output mode is found by fallback), plus the CPU-model settings
 of docs/llm-servers.md (`--no-cpu-settings` leaves the defaults). Prints per analysis:
 accepted or degraded and why, seconds, requests, prompt and completion tokens, quality
-score, output mode. Target: no report over 180 s; none degraded because the server could
-not parse the request. Not part of `make test` (minutes on 2 cores).
+score, output mode, and the tool calls the report made (`--tool-steps N` lets the analyst
+investigate with up to N tool calls per report; default 0). Target: no report over
+180 s; none degraded because the server could not parse the request. Not part of
+`make test` (minutes on 2 cores).
 
     .venv/bin/python benchmarks/real_model.py
 """
@@ -106,7 +108,7 @@ def start_server(port: int) -> subprocess.Popen:
     raise SystemExit("the server did not start within 120 s")
 
 
-def run_all(port: int, cpu_settings: bool) -> list[dict]:
+def run_all(port: int, cpu_settings: bool, tool_steps: int = 0) -> list[dict]:
     """Every analysis once, in this process; the environment is all the configuration."""
     work = Path(tempfile.mkdtemp(prefix="real-model-"))
     os.environ.update(
@@ -116,6 +118,7 @@ def run_all(port: int, cpu_settings: bool) -> list[dict]:
             "AGENT_REPORTS_MODEL": MODEL_NAME,
             "AGENT_REPORTS_REPORTS_DIR": str(work / "reports"),
             "AGENT_REPORTS_STATE_DIR": str(work / "state"),
+            "AGENT_REPORTS_LLM_TOOL_STEPS": str(tool_steps),
             **(CPU_SETTINGS if cpu_settings else {}),
         }
     )
@@ -152,6 +155,8 @@ def _row(analysis: str, key: str, seconds: float, result, reports: Path) -> dict
     llm = record.get("llm") or {}
     verdict = "no report" if not record else "degraded" if record["degraded"] else "accepted"
     notes = [n for n in record.get("notes", []) if n.startswith("Degraded")]
+    investigation = record.get("investigation")
+    tool_notes = [n for n in record.get("notes", []) if n.startswith("Investigation")]
     return {
         "analysis": analysis,
         "verdict": verdict if result.success else f"run failed ({verdict})",
@@ -163,6 +168,8 @@ def _row(analysis: str, key: str, seconds: float, result, reports: Path) -> dict
         "tokens_estimated": llm.get("tokens_estimated"),
         "quality_score": llm.get("quality_score"),
         "output_mode": llm.get("output_mode"),
+        "tool_calls": None if investigation is None else len(investigation),
+        "tools_note": tool_notes[0] if tool_notes else "",
     }
 
 
@@ -172,8 +179,10 @@ def _print_row(row: dict) -> None:
         f"{row['seconds']:.1f} s in all  "
         f"requests {row['requests']}  tokens {row['prompt_tokens']}+{row['completion_tokens']}"
         f"{' (estimated)' if row['tokens_estimated'] else ''}  "
-        f"score {row['quality_score']}  mode {row['output_mode']}"
-        + (f"\n            why: {row['why']}" if row["why"] else ""),
+        f"score {row['quality_score']}  mode {row['output_mode']}  "
+        f"tool calls {'off' if row['tool_calls'] is None else row['tool_calls']}"
+        + (f"\n            why: {row['why']}" if row["why"] else "")
+        + (f"\n            tools: {row['tools_note']}" if row["tools_note"] else ""),
         flush=True,
     )
 
@@ -181,6 +190,7 @@ def _print_row(row: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--no-cpu-settings", action="store_true")
+    parser.add_argument("--tool-steps", type=int, default=0, help="tool calls per report")
     options = parser.parse_args()
     BENCH.mkdir(exist_ok=True)
     ensure_server_venv()
@@ -188,7 +198,7 @@ def main() -> None:
     port = free_port()
     server = start_server(port)
     try:
-        rows = run_all(port, cpu_settings=not options.no_cpu_settings)
+        rows = run_all(port, not options.no_cpu_settings, options.tool_steps)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -197,6 +207,9 @@ def main() -> None:
     print(f"slowest report, asking the model: {slowest:.1f} s (target <= {TARGET_SECONDS:.0f} s)")
     print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"degraded because the server refused the request: {unparsed or 'none'}")
+    calls = [r["tool_calls"] for r in rows if r["tool_calls"] is not None]
+    if calls:
+        print(f"tool calls per report: {calls} (median {sorted(calls)[len(calls) // 2]})")
     print(json.dumps(rows))
 
 

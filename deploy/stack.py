@@ -42,7 +42,6 @@ BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"
 MODULE = "agent_reports.definitions"
 LOCATION = "agent_reports"
-POOLS = ("market", "anomalies", "churn", "compliance", "briefing")
 PROCESSES = ("code-server", "webserver", "daemon")  # start order; stop goes in reverse
 PG_DEFAULTS = {
     "DAGSTER_PG_HOST": "127.0.0.1",
@@ -227,30 +226,20 @@ def ensure_database(pg: Mapping[str, str]) -> None:
 
 
 def set_pool_limits(stack: Stack) -> None:
-    """`dagster instance concurrency set <pool> 1` for every analysis pool. The first call
-    creates the schema in a fresh database, so it runs alone; the others run together."""
-
-    def command(pool: str) -> list[str]:
-        return [str(BIN / "dagster"), "instance", "concurrency", "set", pool, "1"]
-
-    def run(pool: str) -> subprocess.Popen:
-        return subprocess.Popen(
-            command(pool),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=stack.environment(),
-            cwd=stack.dir,
-        )
-
-    def failure(process: subprocess.Popen) -> bytes:
-        output, _ = process.communicate(timeout=180)
-        return output if process.returncode else b""
-
-    failures = [failure(run(POOLS[0]))]
-    failures += [failure(process) for process in [run(pool) for pool in POOLS[1:]]]
-    failures = [output for output in failures if output]
-    if failures:
-        raise StackError("setting pool limits failed:\n" + b"\n".join(failures).decode())
+    """Pool limit 1 for every analysis pool, in the stack's instance: `tools/dev.py pools`,
+    the same step `make run` takes, in one process (it creates the schema of a fresh
+    database first)."""
+    done = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "dev.py"), "pools"],
+        capture_output=True,
+        text=True,
+        env=stack.environment(),
+        cwd=stack.dir,
+        timeout=180,
+        check=False,
+    )
+    if done.returncode:
+        raise StackError(f"setting pool limits failed:\n{done.stdout}{done.stderr}")
 
 
 def graphql(url: str, query: str) -> dict:

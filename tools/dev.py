@@ -2,6 +2,7 @@
 
     python tools/dev.py run [--host H] [--port P]   pool limits, then `dg dev` in the foreground
     python tools/dev.py stop                         stops what `run` started
+    python tools/dev.py pools                        only the pool limits (`make stack` uses it)
 
 `run` starts `dg dev` in its own process group and writes that group's id to
 `$DAGSTER_HOME/dev.pid`. SIGINT, SIGTERM and SIGHUP reaching `run` (Ctrl-C, `kill %1`, a
@@ -84,15 +85,21 @@ def stop_group(pgid: int, grace: float = GRACE_SECONDS) -> bool:
     return True
 
 
-def run(host: str, port: int) -> int:
+def pools() -> int:
+    """Pool limit 1 for every analysis, in the instance DAGSTER_HOME names."""
     from agent_reports.core.settings import ANALYSES
 
+    changed = set_pool_limits(list(ANALYSES))
+    print(f"pool limits: {', '.join(changed) + ' set to 1' if changed else 'unchanged (1 each)'}")
+    return 0
+
+
+def run(host: str, port: int) -> int:
     path = pid_file()
     if path.exists() and group_alive(int(path.read_text().strip())):
         print(f"already running (process group {path.read_text().strip()}): `make stop` first")
         return 1
-    changed = set_pool_limits(list(ANALYSES))
-    print(f"pool limits: {', '.join(changed) + ' set to 1' if changed else 'unchanged (1 each)'}")
+    pools()
     stopped_by: list[str] = []
     children: list[subprocess.Popen] = []
 
@@ -150,8 +157,11 @@ def main() -> int:
     run_parser.add_argument("--host", default="127.0.0.1")
     run_parser.add_argument("--port", type=int, default=3000)
     commands.add_parser("stop")
+    commands.add_parser("pools")
     args = parser.parse_args()
-    return run(args.host, args.port) if args.command == "run" else stop()
+    if args.command == "run":
+        return run(args.host, args.port)
+    return stop() if args.command == "stop" else pools()
 
 
 if __name__ == "__main__":

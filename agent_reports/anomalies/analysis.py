@@ -380,13 +380,24 @@ def _evidence(feature: str, hour: dict[str, Any]) -> dict[str, Any]:
     return {key: hour[key][:3] for key in keys}
 
 
-def judge(feature: Feature, observed: float, baseline: list[float]) -> dict[str, Any] | None:
-    """An anomaly when `observed` is more than SCORE_THRESHOLD robust spreads off the median."""
+def expected_range(feature: Feature, baseline: list[float]) -> tuple[float, float, float, float]:
+    """The baseline's median and robust spread, and the range within SCORE_THRESHOLD
+    spreads of the median: what the hour is judged against."""
     median = float(np.median(baseline))
     mad = 1.4826 * float(np.median(np.abs(np.asarray(baseline) - median)))
     spread = max(mad, feature.relative_floor * abs(median), feature.absolute_floor)
     if feature.poisson:
         spread = max(spread, 3 * math.sqrt(max(median, 1)))
+    low = max(median - SCORE_THRESHOLD * spread, 0.0)
+    high = median + SCORE_THRESHOLD * spread
+    if feature.name.endswith("share") or feature.name.startswith("rate"):
+        high = min(high, 1.0)
+    return median, spread, low, high
+
+
+def judge(feature: Feature, observed: float, baseline: list[float]) -> dict[str, Any] | None:
+    """An anomaly when `observed` is more than SCORE_THRESHOLD robust spreads off the median."""
+    median, spread, low, high = expected_range(feature, baseline)
     score = (observed - median) / spread
     if feature.direction == "up":
         score = max(score, 0.0)
@@ -394,10 +405,6 @@ def judge(feature: Feature, observed: float, baseline: list[float]) -> dict[str,
         score = min(score, 0.0)
     if abs(score) < SCORE_THRESHOLD:
         return None
-    low = max(median - SCORE_THRESHOLD * spread, 0.0)
-    high = median + SCORE_THRESHOLD * spread
-    if feature.name.endswith("share") or feature.name.startswith("rate"):
-        high = min(high, 1.0)
     return {
         "metric": feature.name,
         "observed": observed,
@@ -432,7 +439,29 @@ def detect(hour: dict[str, Any], baseline: dict[str, list[float]]) -> dict[str, 
         "anomalies": anomalies,
         "baseline_hours": len(baseline.get("requests", [])),
         "baseline_sufficient": len(baseline.get("requests", [])) >= MIN_BASELINE_HOURS,
+        "bands": bands(hour, baseline),
     }
+
+
+CHARTED = ("requests", "rate_5xx")
+
+
+def bands(hour: dict[str, Any], baseline: dict[str, list[float]]) -> dict[str, Any]:
+    """For the report's chart: the hour's value of each CHARTED feature, its baseline
+    values and expected range (empty while the baseline is too short)."""
+    found = {}
+    for feature in FEATURES:
+        values = baseline.get(feature.name) or []
+        if feature.name in CHARTED and len(values) >= MIN_BASELINE_HOURS:
+            median, _, low, high = expected_range(feature, values)
+            found[feature.name] = {
+                "observed": hour[feature.name],
+                "baseline": [round(v, 6) for v in values],
+                "median": round(median, 6),
+                "expected_low": round(low, 6),
+                "expected_high": round(high, 6),
+            }
+    return found
 
 
 def partition_traffic(traffic: HourlyTraffic, hour: int) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
-from agent_reports.anomalies import prompts
+from agent_reports.anomalies import prompts, tools
 from agent_reports.anomalies.analysis import (
     LOOKBACK_HOURS,
     SEVERITIES,
@@ -20,13 +20,23 @@ from agent_reports.anomalies.analysis import (
     partition_traffic,
 )
 from agent_reports.anomalies.partitions import ANALYSIS, ANOMALIES, anomalies_partitions
+from agent_reports.anomalies.prompts import metric_format
 from agent_reports.core import settings
 from agent_reports.core.analyst import AnalystAnswer
+from agent_reports.core.charts import Band, band_chart
 from agent_reports.core.delivery import Message
 from agent_reports.core.input_checks import input_failure
-from agent_reports.core.publishing import report_asset, report_from_answer, report_notes
-from agent_reports.core.reports import Report, Table
-from agent_reports.core.resources import DataSourceResource, DeliveryResource, ReportStoreResource
+from agent_reports.core.publishing import (
+    report_asset,
+    report_from_answer,
+    report_notes,
+)
+from agent_reports.core.reports import Chart, Note, Report, Table, format_value, notes_at
+from agent_reports.core.resources import (
+    DataSourceResource,
+    DeliveryResource,
+    ReportStoreResource,
+)
 from agent_reports.core.sources import InputError
 
 COMMON = ANOMALIES.asset_args()
@@ -107,27 +117,27 @@ def _evidence_text(evidence: dict) -> str:
 
 def _tables(verdict: dict) -> list[Table]:
     features = verdict["features"]
-    anomalies = [
-        [
-            a["metric"],
-            a["observed"],
-            f"{a['expected_low']:g} – {a['expected_high']:g}",
-            a["score"],
-            a["severity"],
-            _evidence_text(a["evidence"]),
-        ]
-        for a in verdict["anomalies"]
-    ]
+    anomalies = []
+    for a in verdict["anomalies"]:
+        kind = metric_format(a["metric"])
+        low, high = (format_value(kind, a[k]) for k in ("expected_low", "expected_high"))
+        observed = format_value(kind, a["observed"])
+        evidence = _evidence_text(a["evidence"])
+        anomalies.append(
+            [a["metric"], observed, f"{low} – {high}", a["score"], a["severity"], evidence]
+        )
     tables = [
         Table(
             "Anomalies",
             ["metric", "observed", "expected", "score", "severity", "evidence"],
             anomalies,
+            ["text", "text", "text", "score"],
         ),
         Table(
             "Status codes",
             ["status", "requests"],
             list(map(list, features["status_counts"].items())),
+            ["text", "int"],
         ),
     ]
     for title, key in (
@@ -135,44 +145,67 @@ def _tables(verdict: dict) -> list[Table]:
         ("Top paths", "top_paths"),
         ("Top user agents", "top_user_agents"),
     ):
-        tables.append(
-            Table(title, ["name", "requests"], [[i["name"], i["requests"]] for i in features[key]])
-        )
+        rows = [[i["name"], i["requests"]] for i in features[key]]
+        tables.append(Table(title, ["name", "requests"], rows, ["text", "int"]))
     keys = ("file", "format", "lines_read", "lines_parsed", "lines_skipped", "lines_untimed")
-    files = [
-        [*(f[k] for k in keys), f["unreadable_since"] or "–"] for f in features["coverage"]["files"]
-    ]
+    files = [[*(f[k] for k in keys), f["unreadable_since"]] for f in features["coverage"]["files"]]
     columns = ["file", "format", "read", "parsed", "skipped", "no timestamp", "unreadable since"]
-    tables.append(Table("Log files read", columns, files))
+    tables.append(Table("Log files read", columns, files, ["text", "text", *["int"] * 4]))
     samples = [[s["file"], s["line"], s["text"]] for s in features["malformed_samples"]]
     if samples:
         tables.append(Table("Malformed line samples", ["file", "line", "text"], samples))
-    return [table for table in tables if table.rows]
+    return tables
+
+
+VERDICT_LEVELS = {"none": "info", "low": "warning", "medium": "error", "high": "error"}
+
+
+def verdict_note(verdict: dict) -> Note:
+    """The code's verdict: information when nothing was found, an alarm only when it was."""
+    count = len(verdict["anomalies"])
+    text = (
+        f"Verdict (computed from the data, not by the LLM): severity {verdict['severity']}, "
+        f"{count} anomal{'y' if count == 1 else 'ies'}."
+    )
+    return Note(text, VERDICT_LEVELS.get(verdict["severity"], "error"))
+
+
+def baseline_chart(verdict: dict) -> list[Chart]:
+    """The hour's requests and 5xx rate against their baseline band (analysis.bands)."""
+    labels = {"requests": ("requests", "int"), "rate_5xx": ("5xx rate", "rate")}
+    shown = [
+        Band(*labels[name], b["baseline"], b["expected_low"], b["expected_high"], b["observed"])
+        for name, b in (verdict.get("bands") or {}).items()
+        if name in labels
+    ]
+    return [band_chart("This hour against the same hour on earlier days", shown)] if shown else []
 
 
 def build_anomalies_report(key: str, verdict: dict, answer: AnalystAnswer) -> Report:
     window = anomalies_partitions.time_window_for_partition_key(key)
     features = verdict["features"]
-    notes = [
-        f"Verdict (computed from the data, not by the LLM): severity {verdict['severity']}, "
-        f"{len(verdict['anomalies'])} anomal{'y' if len(verdict['anomalies']) == 1 else 'ies'}."
-    ]
+    notes = [verdict_note(verdict)]
     if not verdict["baseline_sufficient"]:
         notes.append(
-            f"Baseline too short ({verdict['baseline_hours']} hours with traffic): "
-            "no anomaly can be judged for this hour."
+            Note(
+                f"Baseline too short ({verdict['baseline_hours']} hours with traffic): "
+                "no anomaly can be judged for this hour.",
+                "warning",
+            )
         )
     notes += coverage_notes(features["coverage"])
-    notes += report_notes(answer)
+    notes += notes_at("warning" if answer.degraded else "info", report_notes(answer))
     narrative = answer.narrative
-    notes += [
-        f"Probable cause: {narrative['probable_cause']}",
-        f"Look first at: {narrative['look_first']}",
-    ]
+    if verdict["anomalies"] or verdict["severity"] == UNKNOWN:
+        notes += [
+            Note(f"Probable cause: {narrative['probable_cause']}"),
+            Note(f"Look first at: {narrative['look_first']}"),
+        ]
     metrics = {
         "severity": verdict["severity"],
         "anomalies": verdict["anomalies"],
         "baseline_hours": verdict["baseline_hours"],
+        "bands": verdict.get("bands") or {},
         **features,
     }
     return report_from_answer(
@@ -185,36 +218,53 @@ def build_anomalies_report(key: str, verdict: dict, answer: AnalystAnswer) -> Re
         metrics=metrics,
         tables=_tables(verdict),
         notes=notes,
+        charts=baseline_chart(verdict),
     )
 
 
-@report_asset(ANOMALIES, prompts, build_anomalies_report, reads=["anomalies_detection"])
+@report_asset(
+    ANOMALIES,
+    prompts,
+    build_anomalies_report,
+    reads=["anomalies_detection", "anomalies_traffic"],
+    tools=lambda _key, _root, verdict, traffic: tools.tools(
+        verdict["features"], traffic["baseline"]
+    ),
+)
 def anomalies_report(key: str, verdict: dict) -> dict:
     """The hour's anomaly report: verdict from code, triage note from the analyst (cached)."""
     return prompts.prompt_data(verdict, verdict["features"], key)
 
 
-def coverage_notes(coverage: dict) -> list[str]:
+def coverage_notes(coverage: dict) -> list[Note]:
     """What the hour read, for the first screen: totals, unreadable files, format changes."""
     notes = [
-        f"Read {coverage['lines_read']} log line(s) of this hour: {coverage['lines_parsed']} "
-        f"parsed, {coverage['lines_skipped']} skipped as malformed"
-        + (
-            f", {coverage['lines_untimed']} without a readable timestamp (charged to every hour)"
-            if coverage["lines_untimed"]
-            else ""
+        Note(
+            f"Read {coverage['lines_read']:,} log line(s) of this hour: "
+            f"{coverage['lines_parsed']:,} parsed, {coverage['lines_skipped']:,} skipped as "
+            "malformed"
+            + (
+                f", {coverage['lines_untimed']:,} without a readable timestamp (charged to "
+                "every hour)"
+                if coverage["lines_untimed"]
+                else ""
+            )
+            + "; per file below."
         )
-        + "; per file below."
     ]
     if not coverage["lines_read"]:
-        notes.append("No log line of this hour was found in any file.")
+        notes.append(Note("No log line of this hour was found in any file.", "warning"))
     for file in coverage["files"]:
         if file["unreadable_since"] or (file["lines_untimed"] and not file["lines_parsed"]):
-            notes.append(unreadable_text(file))
+            notes.append(Note(unreadable_text(file), "error"))
     for change in coverage["format_changes"]:
         notes.append(
-            f"Log format of {change['file']} changed at line {change['line']} "
-            f"({change['time']}): {change['previous']} → {change['new']}; parsing continued."
+            Note(
+                f"Log format of {change['file']} changed at line {change['line']} "
+                f"({change['time']}): {change['previous']} → {change['new']}; parsing "
+                "continued.",
+                "warning",
+            )
         )
     return notes
 

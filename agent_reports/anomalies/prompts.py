@@ -18,6 +18,7 @@ from agent_reports.core.analyst import (
     check_narrative,
     findings_field,
 )
+from agent_reports.core.reports import format_value
 
 PROMPT_VERSION = "anomalies-v3"
 
@@ -92,13 +93,27 @@ _CAUSES = {
 }
 
 
+def metric_format(metric: str) -> str:
+    """How a feature's values read (reports.format_value): rates and shares as
+    percentages, counts as integers, latencies as plain numbers."""
+    if metric.startswith("rate_") or metric.endswith("_share"):
+        return "rate"
+    return "int" if metric in ("requests", "bytes", "distinct_clients") else "num"
+
+
+def shown(anomaly: dict[str, Any], key: str) -> str:
+    """One of an anomaly's values in its metric's format."""
+    return format_value(metric_format(anomaly["metric"]), anomaly[key])
+
+
 def _describe(anomaly: dict[str, Any]) -> Finding:
     names = [item["name"] for items in anomaly["evidence"].values() for item in items[:1]]
     return Finding(
         title=f"{anomaly['metric']} {anomaly['severity']} (score {anomaly['score']:+.1f})",
         detail=(
-            f"Observed {anomaly['observed']}, expected {anomaly['expected_low']}–"
-            f"{anomaly['expected_high']} (baseline median {anomaly['baseline_median']})."
+            f"Observed {shown(anomaly, 'observed')}, expected {shown(anomaly, 'expected_low')}"
+            f" – {shown(anomaly, 'expected_high')} (baseline median "
+            f"{shown(anomaly, 'baseline_median')})."
         ),
         subjects=[anomaly["metric"], *names],
     )
@@ -120,7 +135,7 @@ def offline_narrative(data: dict[str, Any]) -> TriageNote:
         )
     if not anomalies:
         return TriageNote(
-            summary=f"No anomalies in {data['hour']}: {features['requests']} requests, "
+            summary=f"No anomalies in {data['hour']} UTC: {features['requests']:,} requests, "
             "every feature within its expected range.",
             findings=[],
             probable_cause="Normal traffic.",
@@ -129,9 +144,10 @@ def offline_narrative(data: dict[str, Any]) -> TriageNote:
     first = anomalies[0]
     cause, look = _CAUSES.get(first["metric"], ("an unusual pattern", "the evidence"))
     return TriageNote(
-        summary=f"{len(anomalies)} anomalies in {data['hour']} (severity {data['severity']}); "
-        f"the strongest is {first['metric']} at {first['observed']} against an expected "
-        f"{first['expected_low']}–{first['expected_high']}.",
+        summary=f"{len(anomalies)} anomal{'y' if len(anomalies) == 1 else 'ies'} in "
+        f"{data['hour']} UTC (severity {data['severity']}); "
+        f"the strongest is {first['metric']} at {shown(first, 'observed')} against an "
+        f"expected {shown(first, 'expected_low')} – {shown(first, 'expected_high')}.",
         findings=[_describe(a) for a in anomalies[:5]],
         probable_cause=f"Most likely {cause}.",
         look_first=f"Check {look}.",

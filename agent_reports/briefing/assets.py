@@ -12,6 +12,7 @@ America/New_York don't match"), and which report a briefing reads is decided by
 """
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 from dagster import (
@@ -25,7 +26,7 @@ from dagster import (
     asset,
 )
 
-from agent_reports.briefing import prompts
+from agent_reports.briefing import prompts, tools
 from agent_reports.briefing.analysis import briefing_inputs, missing_sources
 from agent_reports.briefing.partitions import ANALYSIS, BRIEFING, as_of, briefing_partitions
 from agent_reports.core import settings
@@ -50,7 +51,7 @@ from agent_reports.core.report_email import (
     approval_required,
     hold_for_approval,
 )
-from agent_reports.core.reports import Report, Table
+from agent_reports.core.reports import Note, Report, Table, notes_at
 from agent_reports.core.resources import DeliveryResource, ReportStoreResource
 
 COMMON = BRIEFING.asset_args()
@@ -68,12 +69,21 @@ SOURCE_REPORTS = [
 def build_briefing(key: str, inputs: dict, answer: AnalystAnswer) -> Report:
     window = briefing_partitions.time_window_for_partition_key(key)
     missing = missing_sources(inputs)
-    notes = [f"As of {inputs['as_of']} (09:00 New York)."]
+    as_of = datetime.fromisoformat(inputs["as_of"])
+    utc = as_of.astimezone(UTC)
+    notes = [Note(f"As of {as_of:%Y-%m-%d %H:%M} New York time ({utc:%Y-%m-%d %H:%M} UTC).")]
     if missing:
-        notes.append("Not available at 09:00: " + ", ".join(missing) + ".")
-    notes += report_notes(answer)
+        text = "Not available at 09:00 New York time: " + ", ".join(missing) + "."
+        notes.append(Note(text, "warning"))
+    notes += notes_at("warning" if answer.degraded else "info", report_notes(answer))
     sources = [
-        [name, src["partition"], src["window_end"], src["degraded"], src["input_fingerprint"][:16]]
+        [
+            name,
+            src["partition"],
+            _utc(src["window_end"]),
+            src["degraded"],
+            src["input_fingerprint"][:16],
+        ]
         for name in ("market", "churn")
         if (src := inputs[name]) is not None
     ]
@@ -88,14 +98,11 @@ def build_briefing(key: str, inputs: dict, answer: AnalystAnswer) -> Report:
         findings=answer.narrative["findings"],
         metrics={**inputs, "missing": missing},
         tables=[
-            table
-            for table in (
-                Table("Sources", ["source", "window", "ends", "degraded", "inputs"], sources),
-                Table("Worst anomaly hours (UTC)", ["hour", "severity", "summary"], worst),
-            )
-            if table.rows
+            Table("Sources", ["source", "window", "ends (UTC)", "degraded", "inputs"], sources),
+            Table("Worst anomaly hours (UTC)", ["hour", "severity", "summary"], worst),
         ],
         notes=notes,
+        timezone="America/New_York",
     )
 
 
@@ -104,10 +111,22 @@ def _sources(key: str, root: Path) -> dict:
     return briefing_inputs(root, as_of(key))
 
 
-@report_asset(BRIEFING, prompts, build_briefing, gather=_sources, deps=SOURCE_REPORTS)
+@report_asset(
+    BRIEFING,
+    prompts,
+    build_briefing,
+    gather=_sources,
+    tools=lambda key, root: tools.tools(root, as_of(key)),
+    deps=SOURCE_REPORTS,
+)
 def briefing_report(_key: str, found: dict) -> dict:
     """The day's briefing: the reports delivered by 09:00 New York, summarised (cached)."""
     return prompts.prompt_data(found, missing_sources(found))
+
+
+def _utc(text: str) -> str:
+    """An ISO time as `2024-03-05 00:00` in UTC (the sources' windows are UTC)."""
+    return f"{datetime.fromisoformat(text).astimezone(UTC):%Y-%m-%d %H:%M}"
 
 
 def recipients() -> list[str]:

@@ -4,6 +4,7 @@ Bump PROMPT_VERSION whenever the instructions, the data layout or the schema cha
 is part of every cache key, so old answers are not reused for a new question.
 """
 
+from datetime import datetime
 from typing import Any
 
 from agent_reports.core.analyst import Finding, Narrative, check_narrative, findings_field
@@ -69,12 +70,23 @@ def offline_narrative(data: dict[str, Any]) -> Narrative:
                 subjects=["anomalies", worst["hour"]],
             )
         )
-    else:
+    elif anomalies["hours_found"] == 0:
         findings.append(
             Finding(
-                title="No traffic anomalies",
-                detail=f"{anomalies['hours_found']} of {anomalies['hours_expected']} hours "
-                "reported, none anomalous.",
+                title="No anomaly reports",
+                detail=f"0 of the last {anomalies['hours_expected']} hours have an anomaly "
+                "report: traffic was not checked.",
+                subjects=["anomalies"],
+            )
+        )
+    else:
+        found, expected = anomalies["hours_found"], anomalies["hours_expected"]
+        findings.append(
+            Finding(
+                title="No traffic anomalies"
+                + ("" if found == expected else f" in the {found} hours reported"),
+                detail=f"{found} of {expected} hours reported, none anomalous"
+                + ("." if found == expected else f"; {expected - found} hours not reported."),
                 subjects=["anomalies"],
             )
         )
@@ -97,8 +109,9 @@ def offline_narrative(data: dict[str, Any]) -> Narrative:
                 subjects=["churn"],
             )
         )
+    as_of = datetime.fromisoformat(data["as_of"])
     summary = (
-        f"Briefing as of {data['as_of']}: "
+        f"Briefing as of {as_of:%Y-%m-%d %H:%M} New York time: "
         + ("; ".join(f.title for f in findings[:1]))
         + "."
         + (f" Missing: {', '.join(data['missing'])}." if data["missing"] else "")

@@ -204,7 +204,35 @@ def churn_metrics(
             if column in known
         },
         "top_at_risk": _top_at_risk(active, top_n) if risk is not None else [],
+        "trend": churn_trend(customers, end),
     }
+
+
+TREND_WEEKS = 12
+SPIKE_FACTOR = 2.0  # a week is a spike at twice the trend's median and
+SPIKE_MIN_EXTRA = 5  # at least this many customers more
+
+
+def churn_trend(customers: pd.DataFrame, end: date) -> dict[str, Any] | None:
+    """Customers who left in each of the TREND_WEEKS weeks up to `end`, the median, and
+    the spike weeks (SPIKE_FACTOR × the median, SPIKE_MIN_EXTRA more); None without churn
+    dates."""
+    if "churn_date" not in customers or not customers["churn_date"].notna().any():
+        return None
+    stop = pd.Timestamp(end)
+    starts = [stop - pd.Timedelta(weeks=n) for n in range(TREND_WEEKS, 0, -1)]
+    dates = customers["churn_date"]
+    counts = [int(((dates >= s) & (dates < s + pd.Timedelta(weeks=1))).sum()) for s in starts]
+    median = float(np.median(counts))
+    spikes = [
+        s.date().isoformat()
+        for s, n in zip(starts, counts, strict=True)
+        if n >= SPIKE_FACTOR * median and n >= median + SPIKE_MIN_EXTRA
+    ]
+    weeks = [
+        {"week": s.date().isoformat(), "churned": n} for s, n in zip(starts, counts, strict=True)
+    ]
+    return {"weeks": weeks, "median": median, "spikes": spikes}
 
 
 def _risk_summary(risk: pd.Series) -> dict[str, Any]:

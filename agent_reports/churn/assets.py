@@ -15,7 +15,7 @@ import pandas as pd
 from dagster import AssetExecutionContext, Config, Failure, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
-from agent_reports.churn import prompts
+from agent_reports.churn import prompts, tools
 from agent_reports.churn.analysis import (
     at_risk_csv,
     churn_metrics,
@@ -26,6 +26,7 @@ from agent_reports.churn.analysis import (
 from agent_reports.churn.partitions import ANALYSIS, CHURN, churn_partitions
 from agent_reports.core import settings
 from agent_reports.core.analyst import AnalystAnswer
+from agent_reports.core.charts import bar_series
 from agent_reports.core.csv_files import COVERAGE_COLUMNS, coverage_note, coverage_rows
 from agent_reports.core.customers import load_customers
 from agent_reports.core.delivery import (
@@ -54,8 +55,21 @@ from agent_reports.core.report_email import (
     hold_for_approval,
     report_email,
 )
-from agent_reports.core.reports import Attachment, Image, Report, Table
-from agent_reports.core.resources import DataSourceResource, DeliveryResource, ReportStoreResource
+from agent_reports.core.reports import (
+    Attachment,
+    Chart,
+    Image,
+    Note,
+    Report,
+    Table,
+    format_value,
+    notes_at,
+)
+from agent_reports.core.resources import (
+    DataSourceResource,
+    DeliveryResource,
+    ReportStoreResource,
+)
 from agent_reports.core.sources import InputError
 
 COMMON = CHURN.asset_args()
@@ -135,14 +149,18 @@ def churn_analysis(
 def build_churn_report(key: str, metrics: dict[str, Any], answer: AnalystAnswer) -> Report:
     window = churn_partitions.time_window_for_partition_key(key)
     model = metrics["model"]
-    notes = report_notes(answer)
+    notes = notes_at("warning" if answer.degraded else "info", report_notes(answer))
     if model["status"] != "ok":
-        notes.insert(0, f"No churn model this week: {model['reason']}.")
+        notes.insert(0, Note(f"No churn model this week: {model['reason']}.", "error"))
     if metrics.get("input"):
-        notes.append(coverage_note(metrics["input"]))
+        notes.append(Note(coverage_note(metrics["input"])))
     if not metrics["data"]["dated"]:
         notes.append(
-            "The customer source has no signup or churn dates: every week reads it as it is now."
+            Note(
+                "The customer source has no signup or churn dates: every week reads it as it "
+                "is now.",
+                "warning",
+            )
         )
     narrative = answer.narrative
     images = []
@@ -150,28 +168,70 @@ def build_churn_report(key: str, metrics: dict[str, Any], answer: AnalystAnswer)
         images.append(Image("Churn risk of active customers", risk_chart(metrics)))
     if metrics["segments"]:
         images.append(Image("Churn rate by segment", segment_chart(metrics)))
+    trend = metrics.get("trend")
     return report_from_answer(
         ANALYSIS,
         key,
         window,
         answer,
         prompts.PROMPT_VERSION,
-        findings=narrative["findings"] + [_action(a) for a in narrative["actions"]],
+        findings=spike_findings(trend, key)
+        + narrative["findings"]
+        + [_action(a) for a in narrative["actions"]],
         metrics=metrics,
         tables=_tables(metrics),
         degraded=answer.degraded or model["status"] != "ok",
         notes=notes,
         images=images,
         attachments=[Attachment(AT_RISK_FILENAME, "text/csv", at_risk_csv(metrics))],
+        charts=[trend_chart(trend)] if trend else [],
     )
 
 
 # The reports are kept ({week: Report}) for churn_email, which attaches their CSV.
-@report_asset(CHURN, prompts, build_churn_report, reads=["churn_analysis"], keep_reports=True)
+@report_asset(
+    CHURN,
+    prompts,
+    build_churn_report,
+    reads=["churn_analysis"],
+    tools=lambda _key, _root, metrics: tools.tools(metrics),
+    keep_reports=True,
+)
 def churn_report(_key: str, metrics: dict) -> dict:
     """The week's churn report: figures and charts from code, narrative and retention
     actions from the analyst (cached), the top at-risk customers as a CSV."""
     return prompts.prompt_data(metrics)
+
+
+RECENT_SPIKE_WEEKS = 4
+
+
+def spike_findings(trend: dict | None, key: str) -> list[dict[str, Any]]:
+    """A finding from code for the latest churn spike of the last RECENT_SPIKE_WEEKS weeks
+    (churn.analysis.churn_trend decides what a spike is)."""
+    if not trend or not trend["spikes"]:
+        return []
+    recent = {w["week"] for w in trend["weeks"][-RECENT_SPIKE_WEEKS:]}
+    spikes = [w for w in trend["weeks"] if w["week"] in trend["spikes"] and w["week"] in recent]
+    if not spikes:
+        return []
+    week = spikes[-1]
+    when = "this week" if week["week"] == key else f"in the week of {week['week']}"
+    median = trend["median"]
+    times = f"{week['churned'] / median:.1f}× " if median else ""
+    return [
+        {
+            "title": f"Churn spike {when}: {week['churned']} customers left",
+            "detail": f"{times}the median of {format_value('num', median)} a week over the "
+            f"last {len(trend['weeks'])} weeks (from the customer data, not the LLM).",
+            "subjects": [],
+        }
+    ]
+
+
+def trend_chart(trend: dict) -> Chart:
+    points = [(w["week"], w["churned"]) for w in trend["weeks"]]
+    return bar_series("Customers who left, per week", points, set(trend["spikes"]), "left")
 
 
 def _action(action: dict[str, Any]) -> dict[str, Any]:
@@ -181,13 +241,13 @@ def _action(action: dict[str, Any]) -> dict[str, Any]:
 def _tables(metrics: dict[str, Any]) -> list[Table]:
     model, customers = metrics["model"], metrics["customers"]
     overview = [
-        ["active customers", customers["active"]],
-        ["churned (all time)", customers["churned"]],
-        ["churn rate", customers["churn_rate"]],
-        ["churned this week", customers["churned_this_week"]],
-        ["signed up this week", customers["signed_up_this_week"]],
+        ["active customers", format_value("int", customers["active"])],
+        ["churned (all time)", format_value("int", customers["churned"])],
+        ["churn rate", format_value("rate", customers["churn_rate"])],
+        ["churned this week", format_value("int", customers["churned_this_week"])],
+        ["signed up this week", format_value("int", customers["signed_up_this_week"])],
         ["model ROC AUC (cross-validated)", model["roc_auc"]],
-        ["training customers", model["training_rows"]],
+        ["training customers", format_value("int", model["training_rows"])],
         ["expected churners", (metrics["risk"] or {}).get("expected_churners")],
     ]
     segment_keys = ("segment", "customers", "churned", "churn_rate", "lift", "active")
@@ -199,16 +259,18 @@ def _tables(metrics: dict[str, Any]) -> list[Table]:
     top_keys = ("customer_id", "risk", "contract", "tenure", "monthly_charges", "payment_method")
     top = [[r[k] for k in top_keys] for r in metrics["top_at_risk"][:REPORT_TOP_ROWS]]
     tables = [
-        Table("Overview", ["figure", "value"], overview),
+        Table("Overview", ["figure", "value"], overview, ["text", "num"]),
         Table(
             "Churn by segment",
             ["by", "segment", "customers", "churned", "churn rate", "lift", "active", "mean risk"],
             segments,
+            ["text", "text", "int", "int", "rate", "ratio", "int", "rate"],
         ),
     ]
     if top:
         columns = ["customer", "risk", "contract", "tenure", "monthly charges", "payment method"]
-        tables.append(Table(f"Top {len(top)} at-risk customers", columns, top))
+        formats = ["text", "rate", "text", "int", "price", "text"]
+        tables.append(Table(f"Top {len(top)} at-risk customers", columns, top, formats))
     if (metrics.get("input") or {}).get("files"):
         tables.append(Table("Input files", COVERAGE_COLUMNS[:4], coverage_rows(metrics["input"])))
     return tables

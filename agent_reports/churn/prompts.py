@@ -20,6 +20,7 @@ from agent_reports.core.analyst import (
     check_narrative,
     findings_field,
 )
+from agent_reports.core.reports import format_value
 
 PROMPT_VERSION = "churn-v2"
 PROMPT_TOP_CUSTOMERS = 10
@@ -117,7 +118,7 @@ def check(narrative: ChurnNarrative, data: dict[str, Any]) -> None:
 
 
 def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1%}"
+    return "n/a" if value is None else format_value("rate", value)
 
 
 def _riskiest_segments(data: dict[str, Any], count: int = 3) -> list[tuple[str, dict[str, Any]]]:

@@ -20,7 +20,7 @@ import functools
 import ipaddress
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -32,7 +32,8 @@ import pyarrow.compute as pc
 
 from agent_reports.core.deadlines import Deadline
 
-STATUSES = ("ok", "late", "missing", "failed")
+NOT_SCHEDULED = "not scheduled"
+STATUSES = ("ok", "late", "missing", "failed", NOT_SCHEDULED)
 FLAGS = ("degraded", "re-run", "retried", "failed attempts")
 FAILED_RUN_STATUSES = {"FAILURE", "CANCELED"}
 
@@ -80,6 +81,32 @@ class RunAttempt:
     started: float | None
     retry_number: int = 0
     parent_run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ScheduleHistory:
+    """When an analysis' windows could first be due in this instance, and whether its
+    schedule stopped: a window without a report before `first_activity` (its first run,
+    report or schedule tick), or after the last tick of a schedule stopped since, is
+    *not scheduled*, not *missing*."""
+
+    first_activity: float | None  # None: nothing of the analysis ever ran here
+    stopped_after: float | None = None  # the last tick of a schedule that is stopped now
+
+
+def not_scheduled_reason(window: Window, history: ScheduleHistory) -> str | None:
+    """Why a window without a report or run was never due to run here, or None."""
+    if history.first_activity is None:
+        return "the analysis never ran in this instance"
+    if window.deadline.timestamp() < history.first_activity:
+        return f"before the analysis' first run ({_minute(history.first_activity)})"
+    if history.stopped_after is not None and window.end.timestamp() > history.stopped_after:
+        return f"schedule stopped (last tick {_minute(history.stopped_after)})"
+    return None
+
+
+def _minute(timestamp: float) -> str:
+    return f"{datetime.fromtimestamp(timestamp, UTC):%Y-%m-%d %H:%M} UTC"
 
 
 def windows_due(windows: Iterable[Window], start: datetime, end: datetime) -> list[Window]:
@@ -161,11 +188,13 @@ def coverage(
     materializations: Iterable[Materialization],
     runs: Iterable[RunAttempt],
     cutoff: datetime,
+    history: Mapping[str, ScheduleHistory] | None = None,
     analyses: Iterable[str] = (),
 ) -> dict[str, Any]:
     """Per-analysis counts and the classification of every window, from history before
-    `cutoff` (the audit's month end: what happened later belongs to a later audit); each
-    of `analyses` gets a row even with no window due."""
+    `cutoff` (the audit's month end: what happened later belongs to a later audit); with
+    `history`, a window that was never due to run here is `not scheduled`; each of
+    `analyses` gets a row even with no window due."""
     limit = cutoff.timestamp()
     by_window: dict[tuple[str, str], list[Materialization]] = defaultdict(list)
     for m in materializations:
@@ -180,6 +209,11 @@ def coverage(
         classify_window(w, by_window[w.analysis, w.key], runs_by_window[w.analysis, w.key])
         for w in windows
     ]
+    for window, row in zip(windows, rows, strict=True):
+        if row["status"] == "missing" and window.analysis in (history or {}):
+            reason = not_scheduled_reason(window, history[window.analysis])
+            if reason:
+                row.update(status=NOT_SCHEDULED, reason=reason)
     per_analysis: dict[str, dict[str, int]] = {}
     for analysis in sorted({w.analysis for w in windows} | set(analyses)):
         mine = [r for r in rows if r["analysis"] == analysis]
@@ -193,6 +227,53 @@ def coverage(
 def problem_windows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """The windows that were not simply on time: any status but ok, or any flag."""
     return [r for r in rows if r["status"] != "ok" or r["flags"]]
+
+
+RANGE_RUN_IDS = 6
+
+
+def window_ranges(
+    rows: Sequence[dict[str, Any]], next_key: Callable[[str, str], str | None]
+) -> list[dict[str, Any]]:
+    """Problem windows grouped into ranges: consecutive windows (`next_key(analysis,
+    key)` is the window after `key`) of one analysis with the same status, flags and
+    reason become one row (`first`, `last`, `windows`), so 96 missing hours read as one
+    line. Counts add up; up to RANGE_RUN_IDS run ids are kept as evidence."""
+    ranges: list[dict[str, Any]] = []
+    for row in rows:
+        kind = (row["analysis"], row["status"], tuple(row["flags"]), row.get("reason"))
+        last = ranges[-1] if ranges else None
+        if (
+            last
+            and last["kind"] == kind
+            and next_key(row["analysis"], last["last"]) == row["window"]
+        ):
+            last.update(last=row["window"], last_deadline=row["deadline"])
+            last["windows"] += 1
+            for count in ("runs", "failed_runs", "retries"):
+                last[count] += row[count]
+            last["run_ids"] += [r for r in row["run_ids"] if r not in last["run_ids"]]
+            continue
+        ranges.append(
+            {
+                "kind": kind,
+                **{k: row[k] for k in ("analysis", "status", "flags", "runs", "failed_runs")},
+                "reason": row.get("reason"),
+                "first": row["window"],
+                "last": row["window"],
+                "windows": 1,
+                "first_deadline": row["deadline"],
+                "last_deadline": row["deadline"],
+                "first_materialized": row["first_materialized"],
+                "hours_after_window_end": row["hours_after_window_end"],
+                "retries": row["retries"],
+                "run_ids": list(row["run_ids"]),
+            }
+        )
+    for found in ranges:
+        del found["kind"]
+        found["run_ids"] = found["run_ids"][:RANGE_RUN_IDS]
+    return ranges
 
 
 # --------------------------------------------------------------------------- deliveries

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from dagster import (
     AssetExecutionContext,
+    AssetKey,
     AssetRecordsFilter,
     DagsterInstance,
     PartitionKeyRange,
@@ -22,12 +23,14 @@ from dagster import (
     asset,
 )
 
-from agent_reports.compliance import prompts
+from agent_reports.compliance import prompts, tools
 from agent_reports.compliance.analysis import (
+    NOT_SCHEDULED,
     Materialization,
     PolicyConfig,
     PolicyScan,
     RunAttempt,
+    ScheduleHistory,
     Window,
     coverage,
     deliveries,
@@ -37,16 +40,18 @@ from agent_reports.compliance.analysis import (
     parse_allowlist,
     parse_prefixes,
     problem_windows,
+    window_ranges,
     windows_due,
 )
 from agent_reports.compliance.logs import ReadStats, month_records
 from agent_reports.compliance.partitions import ANALYSIS, COMPLIANCE, compliance_partitions
 from agent_reports.core import settings
 from agent_reports.core.analyst import AnalystAnswer
-from agent_reports.core.declaration import DeclaredReport
+from agent_reports.core.charts import stacked_bars
+from agent_reports.core.declaration import DeclaredReport, declared_partitions
 from agent_reports.core.publishing import report_asset, report_from_answer, report_notes
 from agent_reports.core.quality import LOW_SCORE
-from agent_reports.core.reports import Report, Table
+from agent_reports.core.reports import Chart, Note, Report, Table, notes_at
 from agent_reports.core.resources import DataSourceResource, DeliveryResource
 from agent_reports.core.sources import InputError
 
@@ -146,6 +151,45 @@ def analysis_runs(
     return attempts
 
 
+def _first_report(instance: DagsterInstance, analysis: str) -> float | None:
+    records_filter = AssetRecordsFilter(asset_key=AssetKey(f"{analysis}_report"))
+    page = instance.fetch_materializations(records_filter, limit=1, ascending=True)
+    return page.records[0].timestamp if page.records else None
+
+
+def _first_run(instance: DagsterInstance, analysis: str) -> float | None:
+    records = instance.get_run_records(
+        RunsFilter(job_name=f"{analysis}_job"), limit=1, order_by="create_timestamp", ascending=True
+    )
+    return records[0].create_timestamp.timestamp() if records else None
+
+
+def schedule_history(
+    instance: DagsterInstance, cutoff: datetime, analyses: list[str]
+) -> dict[str, ScheduleHistory]:
+    """Per audited analysis: its first run, report or schedule tick (ever: a first moment
+    does not move), and, when its schedule is stopped now, its last tick before `cutoff`."""
+    states = {}
+    if instance.schedule_storage is not None:  # an ephemeral instance keeps no schedules
+        states = {state.instigator_name: state for state in instance.all_instigator_state()}
+    found = {}
+    for analysis in analyses:
+        state = states.get(f"{analysis}_job_schedule")
+        ticks = []
+        if state is not None:
+            ticks = instance.get_ticks(
+                state.instigator_origin_id, state.selector_id, before=cutoff.timestamp()
+            )
+        times = [t.timestamp for t in ticks]
+        firsts = [_first_report(instance, analysis), _first_run(instance, analysis), *times]
+        stopped = state is not None and state.status.value == "STOPPED" and times
+        found[analysis] = ScheduleHistory(
+            min((t for t in firsts if t is not None), default=None),
+            max(times) if stopped else None,
+        )
+    return found
+
+
 @asset(**COMMON, io_manager_key="range_io_manager")
 def compliance_history(
     context: AssetExecutionContext,
@@ -173,7 +217,8 @@ def compliance_history(
             for m in report_materializations(context.instance, declared, after, month.end)
         ]
         runs = analysis_runs(context.instance, after, analyses)
-        result = coverage(windows, mats, runs, month.end, names)
+        history = schedule_history(context.instance, month.end, names)
+        result = coverage(windows, mats, runs, month.end, history, names)
         sent = deliveries(entries, month.start, month.end)
         values[key] = {
             "coverage": result["per_analysis"],
@@ -244,19 +289,9 @@ def compliance_log_findings(
     return values
 
 
-PROBLEM_COLUMNS = [
-    "analysis",
-    "window",
-    "status",
-    "flags",
-    "deadline (UTC)",
-    "first materialised",
-    "h after window end",
-    "runs",
-    "failed runs",
-    "retries",
-    "run ids",
-]
+RANGE_COLUMNS = ["analysis", "windows", "count", "status", "flags", "deadline (UTC)"]
+RANGE_COLUMNS += ["first report (UTC)", "h after window end", "runs", "failed runs", "retries"]
+RANGE_COLUMNS += ["run ids"]
 DELIVERY_COLUMNS = [
     "when",
     "kind",
@@ -269,29 +304,66 @@ DELIVERY_COLUMNS = [
     "error",
 ]
 FINDING_KEYS = ("id", "rule", "client", "path", "first", "last", "count")
-COVERAGE_COLUMNS = ["windows", "ok", "late", "missing", "failed", "degraded", "re-run", "retried"]
+COVERAGE_COLUMNS = ["windows", "ok", "late", "missing", "failed", "not scheduled"]
+COVERAGE_COLUMNS += ["degraded", "re-run", "retried"]
+# The coverage bar: what each share of an analysis' windows became.
+COVERAGE_PARTS = [
+    ("ok", "#1a7f37"),
+    ("late", "#bf8700"),
+    ("failed", "#cf222e"),
+    ("missing", "#fa4549"),
+    ("not scheduled", "#d0d7de"),
+]
+
+
+def _key_text(key: str) -> str:
+    """A partition key as people read it: hourly keys `2024-03-01-05:00` as `2024-03-01 05:00`."""
+    return f"{key[:10]} {key[11:]}" if len(key) == 16 else key
+
+
+def range_text(found: dict) -> str:
+    first, last = _key_text(found["first"]), _key_text(found["last"])
+    return first if found["windows"] == 1 else f"{first} → {last}"
+
+
+def next_key(analysis: str, key: str) -> str | None:
+    partitions = declared_partitions(analysis)
+    return partitions.get_next_partition_key(key) if partitions else None
+
+
+def _range_row(found: dict) -> list:
+    single = found["windows"] == 1
+    deadline = found["first_deadline"][:16].replace("T", " ")
+    if not single:
+        deadline += f" → {found['last_deadline'][:16].replace('T', ' ')}"
+    first = found["first_materialized"]
+    return [
+        found["analysis"],
+        range_text(found),
+        found["windows"],
+        found["status"],
+        ", ".join(found["flags"]),
+        deadline,
+        first[:16].replace("T", " ") if single and first else None,
+        found["hours_after_window_end"] if single else None,
+        found["runs"],
+        found["failed_runs"],
+        found["retries"],
+        " ".join(run_id[:8] for run_id in found["run_ids"]),
+    ]
 
 
 def _tables(audit: dict) -> list[Table]:
     coverage_rows = [
-        [analysis, *(counts[c] for c in COVERAGE_COLUMNS)]
+        [analysis, *(counts.get(c, 0) for c in COVERAGE_COLUMNS)]
         for analysis, counts in audit["coverage"].items()
     ]
-    problems = [
-        [
-            w["analysis"],
-            w["window"],
-            w["status"],
-            ", ".join(w["flags"]),
-            w["deadline"],
-            w["first_materialized"],
-            w["hours_after_window_end"],
-            w["runs"],
-            w["failed_runs"],
-            w["retries"],
-            " ".join(run_id[:8] for run_id in w["run_ids"]),
-        ]
-        for w in audit["problem_windows"]
+    ranges = window_ranges(audit["problem_windows"], next_key)
+    problems = [_range_row(r) for r in ranges if r["status"] != NOT_SCHEDULED]
+    unscheduled = [
+        [r["analysis"], range_text(r), r["windows"], r["reason"]]
+        for r in ranges
+        if r["status"] == NOT_SCHEDULED
     ]
     sent = [[d[k] for k in DELIVERY_COLUMNS] for d in audit["deliveries"]]
     findings = [
@@ -299,16 +371,9 @@ def _tables(audit: dict) -> list[Table]:
     ]
     return [
         Table("Coverage per analysis", ["analysis", *COVERAGE_COLUMNS], coverage_rows),
-        Table(
-            "Problem windows",
-            PROBLEM_COLUMNS,
-            problems,
-        ),
-        Table(
-            "Deliveries",
-            DELIVERY_COLUMNS,
-            sent,
-        ),
+        Table("Problem windows (consecutive windows grouped)", RANGE_COLUMNS, problems),
+        Table("Not scheduled", ["analysis", "windows", "count", "why"], unscheduled),
+        Table("Deliveries", DELIVERY_COLUMNS, sent),
         *_llm_tables(audit.get("llm")),
         Table(
             "Policy findings",
@@ -317,6 +382,12 @@ def _tables(audit: dict) -> list[Table]:
         ),
         _files_table(audit["log_scan"]["files"]),
     ]
+
+
+def coverage_chart(audit: dict) -> Chart:
+    """Each analysis' windows as one bar: ok, late, failed, missing, not scheduled."""
+    rows = [(analysis, counts) for analysis, counts in audit["coverage"].items()]
+    return stacked_bars("Coverage per analysis (windows due in the month)", rows, COVERAGE_PARTS)
 
 
 def _files_table(files: list[dict]) -> Table:
@@ -360,13 +431,18 @@ def _llm_tables(llm: dict | None) -> list[Table]:
 
 def build_compliance_report(key: str, audit: dict, answer: AnalystAnswer) -> Report:
     window = compliance_partitions.time_window_for_partition_key(key)
+    scan = audit["log_scan"]
     notes = [
-        log_scan_note(audit["log_scan"]),
-        "Figures, classifications and evidence come from the instance's run history, the "
-        "delivery ledger and the access logs, not from the LLM. A window is audited in the "
-        "month its deadline falls in; history after the month's end is not counted.",
-        *(f"Log file unreadable: {problem}" for problem in audit["unreadable"]),
-        *report_notes(answer),
+        Note(log_scan_note(scan), "error" if scan["verdict"] == "unknown" else "info"),
+        Note(
+            "Figures, classifications and evidence come from the instance's run history, the "
+            "delivery ledger and the access logs, not from the LLM. A window is audited in the "
+            "month its deadline falls in; history after the month's end is not counted. A "
+            "window is not scheduled when it was due before the analysis first ran in this "
+            "instance, or after its schedule was stopped."
+        ),
+        *notes_at("error", (f"Log file unreadable: {p}" for p in audit["unreadable"])),
+        *notes_at("warning" if answer.degraded else "info", report_notes(answer)),
     ]
     return report_from_answer(
         ANALYSIS,
@@ -378,6 +454,7 @@ def build_compliance_report(key: str, audit: dict, answer: AnalystAnswer) -> Rep
         metrics=audit,
         tables=_tables(audit),
         notes=notes,
+        charts=[coverage_chart(audit)] if audit["coverage"] else [],
     )
 
 
@@ -392,6 +469,9 @@ def month_audit(key: str, _root: Path, history: dict, log_findings: dict) -> dic
     build_compliance_report,
     reads=["compliance_history", "compliance_log_findings"],
     gather=month_audit,
+    tools=lambda key, root, history, log_findings: tools.tools(
+        month_audit(key, root, history, log_findings)
+    ),
 )
 def compliance_report(_key: str, audit: dict) -> dict:
     """The month's audit: figures and evidence from code, executive summary from the

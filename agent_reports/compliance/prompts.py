@@ -11,7 +11,7 @@ from typing import Any
 
 from agent_reports.core.analyst import Finding, Narrative, check_narrative, findings_field
 
-PROMPT_VERSION = "compliance-v3"
+PROMPT_VERSION = "compliance-v4"
 
 
 class AuditSummary(Narrative):
@@ -25,7 +25,9 @@ INSTRUCTIONS = """\
 You are the auditor writing the executive summary of a monthly compliance audit of a
 scheduled reporting system. The data gives, per analysis, how many scheduled windows were
 due in the month and how many were on time, late, missing or failed, degraded (written by
-the offline template because the LLM failed), re-run or retried; a sample of the problem
+the offline template because the LLM failed), re-run or retried, and how many were not
+scheduled (due before the analysis first ran in this instance, or after its schedule was
+stopped: not a gap); a sample of the problem
 windows; the counts of alerts and e-mails delivered or failed; and the access-log policy
 findings (sensitive paths reached from outside the allow-list, bursts of 401/403,
 personal data in URLs), already redacted; and what the log scan read, with its verdict:
@@ -39,7 +41,7 @@ Do not speculate about causes the data cannot show."""
 
 def prompt_data(audit: dict[str, Any]) -> dict[str, Any]:
     """The compact view the model sees: counts, and bounded samples of rows."""
-    problems = audit["problem_windows"]
+    problems = [w for w in audit["problem_windows"] if w["status"] != "not scheduled"]
     findings = audit["policy_findings"]
     return {
         "month": audit["month"],
@@ -104,7 +106,8 @@ def _log_sentence(data: dict[str, Any]) -> str:
 def offline_narrative(data: dict[str, Any]) -> Narrative:
     """A deterministic summary from the same figures, for when no LLM is configured."""
     coverage = data["coverage"]
-    due = sum(c["windows"] for c in coverage.values())
+    unscheduled = sum(c.get("not scheduled", 0) for c in coverage.values())
+    due = sum(c["windows"] for c in coverage.values()) - unscheduled
     produced = sum(c["ok"] + c["late"] for c in coverage.values())
     gaps = _gaps(coverage)
     sent = sum(c.get("sent", 0) for c in data["deliveries"].values())
@@ -112,6 +115,7 @@ def offline_narrative(data: dict[str, Any]) -> Narrative:
     summary = (
         f"In {data['month']}, {produced} of {due} scheduled windows produced their report"
         + (f"; exceptions: {'; '.join(gaps)}." if gaps else ", all on time.")
+        + (f" {unscheduled} more were not scheduled." if unscheduled else "")
         + f" {sent} alert(s) and e-mail(s) went out, {failed} failed."
         + _log_sentence(data)
     )

@@ -21,6 +21,7 @@ request of the analyst, not only the one that met it (`RateLimitGate`).
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import json
 import logging
@@ -29,7 +30,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
@@ -39,6 +40,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from agent_reports.core.budget import BudgetSpent, TokenBudget
 from agent_reports.core.files import canonical_json, fingerprint, write_atomic
+from agent_reports.core.investigation import Investigation, Toolbox, investigate, report_summary
 from agent_reports.core.output_modes import (
     MODES,
     mode_for,
@@ -146,13 +148,19 @@ class AnalystRequest:
     schema: type[BaseModel]
     offline: Callable[[Mapping[str, Any]], BaseModel]
     check: Callable[[BaseModel, Mapping[str, Any]], None] | None = None
+    tools: Toolbox | None = None  # read-only tools over the window (investigation.py)
 
     @classmethod
     def from_prompts(
-        cls, analysis: str, prompts: ModuleType, data: Mapping[str, Any]
+        cls,
+        analysis: str,
+        prompts: ModuleType,
+        data: Mapping[str, Any],
+        tools: Toolbox | None = None,
     ) -> AnalystRequest:
         """The request an analysis' prompts module describes: every such module defines
-        PROMPT_VERSION, INSTRUCTIONS, SCHEMA, offline_narrative() and check()."""
+        PROMPT_VERSION, INSTRUCTIONS, SCHEMA, offline_narrative() and check(); `tools`
+        comes from the analysis' tools.py."""
         return cls(
             analysis=analysis,
             prompt_version=prompts.PROMPT_VERSION,
@@ -161,6 +169,7 @@ class AnalystRequest:
             schema=prompts.SCHEMA,
             offline=prompts.offline_narrative,
             check=prompts.check,
+            tools=tools,
         )
 
     @property
@@ -225,6 +234,8 @@ class AnalystAnswer:
     output_mode: str | None = None
     llm: dict[str, Any] | None = None  # how the text was written; goes into the report
     seconds: float = 0.0  # spent asking the model in this run (metadata only)
+    investigation: list[dict[str, Any]] | None = None  # tool calls; None: tools were off
+    investigation_note: str | None = None  # why the answer came without (more) tools
 
     @property
     def degraded(self) -> bool:
@@ -329,9 +340,13 @@ class RateLimitGate:
         if starts:
             log.warning("LLM API rate limit (HTTP 429): every request waits %.2f s", seconds)
 
+    def remaining(self) -> float:
+        """Seconds the pause in force still lasts (0 or less: none)."""
+        return self._until - self._clock()
+
     def wait(self) -> None:
         """Block until no pause is in force (a pause may be extended while we sleep)."""
-        while (remaining := self._until - self._clock()) > 0:
+        while (remaining := self.remaining()) > 0:
             time.sleep(remaining)
 
     def on_request(self, _request: Any) -> None:
@@ -373,6 +388,8 @@ class OpenAIAnalyst:
     `invalid_reply_attempts` in all, with the reason it was rejected. With a `budget`,
     each request first checks the month's spend, and every attempt's tokens and cost are
     recorded, failed ones included (estimated and flagged when the server never said).
+    With `tool_steps` > 0 and a request that carries tools, the model may first call
+    them (investigation.py); the answer then passes the same check and gate.
     """
 
     def __init__(
@@ -389,6 +406,8 @@ class OpenAIAnalyst:
         max_tokens: int = 1024,
         report_seconds: float = 300.0,
         instructions_in: str = "both",
+        tool_steps: int = 0,
+        tool_tokens: int = 20_000,
     ):
         from openai import DefaultHttpxClient, OpenAI  # the offline path never pays for it
 
@@ -401,6 +420,8 @@ class OpenAIAnalyst:
         self.max_tokens, self.report_seconds = max_tokens, report_seconds
         self.instructions_in = instructions_in
         self.budget = budget
+        self.tool_steps, self.tool_tokens = tool_steps, tool_tokens
+        self._tools_refused = False  # a server that refused tools once is not asked again
         self.gate = RateLimitGate()
         self._modes = list(MODES[MODES.index(mode_for(model, output_mode)) :])
         self._modes_lock = threading.Lock()
@@ -417,10 +438,25 @@ class OpenAIAnalyst:
         """The output mode requests use now (it only moves on when a server refuses it)."""
         return self._modes[0]
 
+    def investigates(self, request: AnalystRequest) -> bool:
+        """Whether this request may call tools: steps allowed, tools given, server willing."""
+        return bool(self.tool_steps and request.tools and request.tools.tools)
+
     def answer(self, request: AnalystRequest) -> AnalystAnswer:
         usage, rejected = Usage(), []
+        deadline = time.monotonic() + self.report_seconds
+        found = None
         try:
-            narrative = self._valid_narrative(request, usage, rejected)
+            if self.investigates(request) and not self._tools_refused:
+                found = self._investigate(request, usage, deadline)
+                rejected += found.rejected
+            if found is not None and found.narrative is not None:
+                narrative = found.narrative
+            else:
+                asked = request
+                if found is not None and found.calls:  # a forced answer, from what was found
+                    asked = replace(request, data=found.data(request.data))
+                narrative = self._valid_narrative(asked, usage, rejected, deadline)
         except Exception as error:
             raise AnalystFailure(
                 self._describe(error),
@@ -435,13 +471,70 @@ class OpenAIAnalyst:
         answer.quality_score = round(1 / (1 + len(rejected)), 3)
         answer.output_mode = self.mode
         answer.tokens_month_to_date = self._month_to_date(request.analysis)
+        if self.investigates(request):
+            answer.investigation = report_summary(found.calls if found else [])
+            answer.investigation_note = self._investigation_note(found)
         return answer
 
+    def _investigate(self, request: AnalystRequest, usage: Usage, deadline: float) -> Investigation:
+        """The tool loop (investigation.py), with the budget checked before and charged
+        after; a refused output mode moves on as in `_complete`, refused tools stay off."""
+        while True:
+            if self.budget is not None:
+                self.budget.check(request.analysis)
+            mode = self.mode
+            found, spent = investigate(self, request, mode, deadline - time.monotonic())
+            self._spend(
+                request.analysis,
+                Usage(spent.requests, spent.input_tokens, spent.output_tokens),
+                usage,
+            )
+            if found.tools_refused:
+                self._tools_refused = True
+                log.warning("%s refuses tool calls; answering without tools", self.name)
+            if not (found.mode_refused and self._fall_back(mode)):
+                return found
+
+    def _investigation_note(self, found: Investigation | None) -> str | None:
+        if found is None:
+            return "Investigation skipped: the server refused tool calls earlier in this run."
+        if found.note is None:
+            return None
+        return f"Investigation: {found.note}; the answer was asked for without tools."
+
+    def async_client(self) -> Any:
+        """An async client for pydantic-ai: the same server, key and 429 gate."""
+        import httpx
+        from openai import AsyncOpenAI
+
+        gate = self.gate
+
+        async def wait(_request: Any) -> None:
+            while (remaining := gate.remaining()) > 0:
+                await asyncio.sleep(remaining)
+
+        async def pause(response: httpx.Response) -> None:
+            if response.status_code == 429:
+                gate.pause(retry_pause_seconds(response.headers, 0))
+
+        return AsyncOpenAI(
+            api_key=self.client.api_key,
+            base_url=self.client.base_url,
+            timeout=self.timeout_seconds,
+            max_retries=min(self.max_retries, 2),
+            http_client=httpx.AsyncClient(event_hooks={"request": [wait], "response": [pause]}),
+        )
+
+    def chat_model(self, client: Any) -> Any:
+        from pydantic_ai.models.openai import OpenAIChatModel
+        from pydantic_ai.providers.openai import OpenAIProvider
+
+        return OpenAIChatModel(self.name, provider=OpenAIProvider(openai_client=client))
+
     def _valid_narrative(
-        self, request: AnalystRequest, usage: Usage, rejected: list[float]
+        self, request: AnalystRequest, usage: Usage, rejected: list[float], deadline: float
     ) -> dict[str, Any]:
         """Ask until a reply passes; each retry says why the previous reply failed."""
-        deadline = time.monotonic() + self.report_seconds
         feedback: list[dict[str, str]] = []
         problem = "no attempt made"
         for _attempt in range(self.invalid_reply_attempts):
@@ -473,10 +566,17 @@ class OpenAIAnalyst:
             parsed = request.schema.model_validate(value)
         except ValidationError as error:
             raise InvalidReply(f"not the promised JSON: {_first_error(error)}") from None
+        return self.accept_parsed(request, parsed, request.data)
+
+    def accept_parsed(
+        self, request: AnalystRequest, parsed: BaseModel, data: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """A parsed reply as JSON, if it passes the analysis' check and the quality gate
+        against `data` (the request's, plus any tool results)."""
         if request.check is not None:
-            request.check(parsed, request.data)
+            request.check(parsed, data)
         narrative = parsed.model_dump(mode="json")
-        verdict = judge(narrative, request.data, request.instructions)
+        verdict = judge(narrative, data, request.instructions)
         if not verdict.passed:
             error = InvalidReply("; ".join(verdict.problems))
             error.score = verdict.score
@@ -729,6 +829,13 @@ def describe_failure(error: Exception) -> str:
     return type(error).__name__
 
 
+def _investigation_entry(answer: AnalystAnswer) -> dict[str, Any]:
+    """The cache entry's investigation fields; none when tools were off (today's entry)."""
+    if answer.investigation is None:
+        return {}
+    return {"investigation": answer.investigation, "investigation_note": answer.investigation_note}
+
+
 class ResponseCache:
     """Answers on disk, one JSON file per fingerprint, written atomically."""
 
@@ -775,13 +882,17 @@ class CachedAnalyst:
         self.name = inner.name
 
     def cache_key(self, request: AnalystRequest) -> str:
-        return fingerprint(
-            {
-                "model": self.inner.name,
-                "prompt_version": request.prompt_version,
-                "input_fingerprint": request.input_fingerprint,
-            }
-        )
+        """Model, prompt and inputs; with tools on, the tool set and its limits too."""
+        key: dict[str, Any] = {
+            "model": self.inner.name,
+            "prompt_version": request.prompt_version,
+            "input_fingerprint": request.input_fingerprint,
+        }
+        investigates = getattr(self.inner, "investigates", None)
+        if investigates is not None and investigates(request):
+            key["tools"] = request.tools.signature()
+            key["tool_limits"] = [self.inner.tool_steps, self.inner.tool_tokens]
+        return fingerprint(key)
 
     def fails_on_error(self, analysis: str) -> bool:
         return not self.degrade_on_failure or bool({"all", analysis} & self.fail_on_error)
@@ -801,6 +912,8 @@ class CachedAnalyst:
             stored = cached.get("llm")  # in the order a fresh answer writes it
             answer.llm = {key: stored.get(key) for key in LLM_RECORD_KEYS} if stored else None
             answer.quality_score = (answer.llm or {}).get("quality_score")
+            answer.investigation = report_summary(cached.get("investigation"))
+            answer.investigation_note = cached.get("investigation_note")
             return answer
         started = time.monotonic()
         try:
@@ -828,6 +941,7 @@ class CachedAnalyst:
                 "prompt_version": request.prompt_version,
                 "usage": answer.usage.__dict__,
                 "llm": answer.llm,
+                **_investigation_entry(answer),
             },
         )
         return answer

@@ -420,6 +420,14 @@ DEMO_SIGNAL = {
 }
 
 
+# From DEMO_WAVES_FROM on, a churn wave every DEMO_WAVE_WEEKS weeks (a price change, say):
+# that week DEMO_WAVE_SHARE of the active month-to-month customers leave, so every recent
+# report's trend shows a spike.
+DEMO_WAVES_FROM = date(2023, 1, 2)
+DEMO_WAVE_WEEKS = 4
+DEMO_WAVE_SHARE = 0.035
+
+
 def _pick(rng: np.random.Generator, options: dict[str, float], n: int) -> np.ndarray:
     return rng.choice(list(options), size=n, p=list(options.values()))
 
@@ -461,6 +469,7 @@ def demo_customers(seed: int = 7) -> pd.DataFrame:
     churn_month = _churn_months(rng, contract, internet, payment, senior, extras["tech_support"])
     days_kept = np.floor(churn_month * _AVG_MONTH_DAYS).astype(int) + rng.integers(0, 28, n)
     churn = signup + pd.to_timedelta(days_kept, "D")
+    churn = _churn_waves(np.random.default_rng([seed, 0xC4, 1]), signup, churn, contract)
     churn = pd.Series(churn).where(churn < pd.Timestamp(DEMO_END))
     frame = pd.DataFrame(
         {
@@ -485,6 +494,29 @@ def demo_customers(seed: int = 7) -> pd.DataFrame:
     frame["tenure"] = ((end - frame["signup_date"]).dt.days // _AVG_MONTH_DAYS).astype(float)
     frame["total_charges"] = (frame["tenure"] * frame["monthly_charges"]).round(2)
     return frame[[c for c in CANONICAL_COLUMNS if c in frame]]
+
+
+def _churn_waves(
+    rng: np.random.Generator,
+    signup: pd.DatetimeIndex,
+    churn: pd.DatetimeIndex,
+    contract: np.ndarray,
+) -> np.ndarray:
+    """The churn dates with a wave every DEMO_WAVE_WEEKS-th week (Monday to Sunday, as the
+    churn partitions): DEMO_WAVE_SHARE of the month-to-month customers active at its start
+    leave during it. A stream of its own, so the rest of the base stays as it was."""
+    signup, churn = signup.to_numpy(), churn.to_numpy().copy()
+    monthly = contract == "Month-to-month"
+    weeks = (DEMO_END - DEMO_START).days // 7
+    first = (DEMO_WAVES_FROM - DEMO_START).days // 7 + DEMO_WAVE_WEEKS - 1
+    for week in range(first, weeks, DEMO_WAVE_WEEKS):
+        start = np.datetime64(DEMO_START) + np.timedelta64(7 * week, "D")
+        end = start + np.timedelta64(7, "D")
+        active = monthly & (signup < start) & (churn >= end)
+        leave = active & (rng.random(len(churn)) < DEMO_WAVE_SHARE)
+        days = rng.integers(0, 7, len(churn)).astype("timedelta64[D]")
+        churn = np.where(leave, start + days, churn)
+    return churn
 
 
 def _churn_months(

@@ -218,9 +218,19 @@ class Analysis:
         )
 
 
+# The partitions of every analysis built in this process, by name: what a report that
+# groups other analyses' windows into ranges (the audit) reads to find the next window.
+_BUILT: dict[str, TimeWindowPartitionsDefinition] = {}
+
+
+def declared_partitions(name: str) -> TimeWindowPartitionsDefinition | None:
+    return _BUILT.get(name)
+
+
 def analysis_definitions(analysis: Analysis) -> Definitions:
     """Everything one declaration makes: assets and checks, job, schedule, catch-up sensor,
     the report's freshness policy and deadline, the catalog's owner and tags."""
+    _BUILT[analysis.name] = analysis.partitions
     assets, checks = analysis.load()
     reports = [a for a in assets if analysis.report_key in a.keys]
     if len(reports) != 1:

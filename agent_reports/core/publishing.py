@@ -96,6 +96,7 @@ def report_asset(
     *,
     reads: Sequence[str] = (),
     gather: Callable[..., Any] | None = None,
+    tools: Callable[..., Any] | None = None,
     keep_reports: bool = False,
     **asset_args: Any,
 ) -> Callable[[Callable[[str, Any], Mapping[str, Any]]], AssetsDefinition]:
@@ -103,7 +104,9 @@ def report_asset(
     (in its group, partitions and pool; its docstring is the asset's description).
 
     Per partition of the run: its input is the value of the one asset it `reads` (each
-    read asset's value is `{partition: value}`), or `gather(key, reports_root, *values)`;
+    read asset's value is `{partition: value}`; the first one by default), or
+    `gather(key, reports_root, *values)`; `tools(key, reports_root, *values)` gives the
+    analyst its tools (the analysis' tools.py);
     the analyst is asked what the decorated function returns for it, and
     `build(key, input, answer)` makes the report. `keep_reports` stores `{partition:
     Report}` with the range IO manager for a downstream asset (the churn e-mail);
@@ -137,12 +140,17 @@ def report_asset(
             **upstream: dict[str, Any],
         ) -> Any:
             root = reports.path()
-            inputs = {
-                key: (gather or _only)(key, root, *(upstream[name][key] for name in reads))
-                for key in context.partition_keys
+            values = {
+                key: [upstream[name][key] for name in reads] for key in context.partition_keys
             }
+            inputs = {key: (gather or _first)(key, root, *values[key]) for key in values}
             requests = {
-                key: AnalystRequest.from_prompts(analysis.name, prompts, prompt_data(key, value))
+                key: AnalystRequest.from_prompts(
+                    analysis.name,
+                    prompts,
+                    prompt_data(key, value),
+                    tools(key, root, *values[key]) if tools else None,
+                )
                 for key, value in inputs.items()
             }
             written = publish_reports(
@@ -157,7 +165,7 @@ def report_asset(
     return decorate
 
 
-def _only(_key: str, _root: Path, value: Any) -> Any:
+def _first(_key: str, _root: Path, value: Any, *_rest: Any) -> Any:
     return value
 
 
@@ -244,6 +252,8 @@ def cost_metadata(answer: AnalystAnswer) -> MetadataValue:
 
 def report_notes(answer: AnalystAnswer) -> list[str]:
     """The notes every report carries about how its text was written."""
+    if answer.investigation_note and not answer.degraded:
+        return [answer.investigation_note]
     if answer.degraded:
         return [
             "Degraded: this text comes from the offline template, not the LLM analyst "
@@ -319,5 +329,6 @@ def report_from_answer(
         prompt_version=prompt_version,
         summary=answer.narrative["summary"],
         llm=answer.llm,
+        investigation=answer.investigation,
         **{"degraded": answer.degraded, **fields},
     )

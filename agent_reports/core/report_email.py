@@ -86,9 +86,10 @@ def report_email(
     sender: EmailComposer, report: Report, subject: str, key: DeliveryKey
 ) -> EmailMessage:
     """Text (Markdown) and HTML alternatives, charts inline, attachments attached. The
-    bodies and attachments are neutralised by the report; the subject is done here."""
+    bodies and attachments are neutralised by the report; the subject is done here. The
+    SVG charts carry their figures as a table too: some mail clients drop inline SVG."""
     cids = [f"chart{i}.{key.digest[:16]}@agent-reports" for i in range(len(report.images))]
-    html = report.to_html(image_urls=[f"cid:{cid}" for cid in cids])
+    html = report.to_html(image_urls=[f"cid:{cid}" for cid in cids], chart_tables=True)
     message = Message(header_text(subject), report.to_markdown(), {}, html)
     email = sender.build(message, key)
     html_part = email.get_body(preferencelist=("html",))

@@ -106,6 +106,16 @@ class AnalystResource(ConfigurableResource):
         description="HTTP retries on 429/5xx/timeouts, exponential backoff with jitter "
         "(env AGENT_REPORTS_LLM_MAX_RETRIES, default 4)",
     )
+    tool_steps: int | None = Field(
+        default=None,
+        description="tool calls the analyst may make over its window's data before it "
+        "answers (env AGENT_REPORTS_LLM_TOOL_STEPS, default 0: no tools)",
+    )
+    tool_tokens: int | None = Field(
+        default=None,
+        description="tokens one report's investigation may spend "
+        "(env AGENT_REPORTS_LLM_TOOL_TOKENS, default 20000)",
+    )
     invalid_reply_attempts: int = Field(default=3, description="asks for a reply that fits")
     degrade_on_failure: bool = Field(
         default=True, description="when the model fails, write the offline report, flagged"
@@ -162,6 +172,8 @@ class AnalystResource(ConfigurableResource):
             ),
             instructions_in=self.instructions_in
             or settings.env("AGENT_REPORTS_LLM_INSTRUCTIONS_IN", "both"),
+            tool_steps=_number(self.tool_steps, "AGENT_REPORTS_LLM_TOOL_STEPS", 0, int),
+            tool_tokens=_number(self.tool_tokens, "AGENT_REPORTS_LLM_TOOL_TOKENS", 20_000, int),
         )
         if budget.has_usd_limits and not inner.pricing.known:
             raise ValueError(

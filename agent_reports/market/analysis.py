@@ -137,12 +137,23 @@ def market_metrics(prices: pd.DataFrame, day: date) -> dict[str, Any]:
         for ticker, rows in history.groupby("ticker")
         if ticker in traded
     }
+    movers = top_movers(tickers)
+    by_ticker = dict(list(history.groupby("ticker")))
     return {
         "date": day.isoformat(),
         "trading_day": bool(tickers),
         "tickers": tickers,
-        "top_movers": top_movers(tickers),
+        "top_movers": movers,
+        "recent_prices": {m["ticker"]: recent_prices(by_ticker[m["ticker"]]) for m in movers},
     }
+
+
+def recent_prices(history: pd.DataFrame, count: int = RETURN_WINDOW + 1) -> list[list[Any]]:
+    """The last `count` [day, price] pairs of one ticker on its returns' price basis (the
+    report's chart; not shown to the model)."""
+    prices, _, _, _ = price_basis(history)
+    days = history["date"].dt.strftime("%Y-%m-%d").tolist()
+    return [[d, _finite(p)] for d, p in zip(days[-count:], prices[-count:], strict=True)]
 
 
 def top_movers(tickers: dict[str, dict[str, Any]], count: int = TOP_MOVERS) -> list[dict[str, Any]]:

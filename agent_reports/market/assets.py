@@ -5,20 +5,26 @@ a single-run backfill) and returns `{partition_key: value}`; the prices are read
 for the whole range.
 """
 
+import math
 from datetime import date
 
 import pandas as pd
 from dagster import AssetExecutionContext, asset
 
 from agent_reports.core.analyst import AnalystAnswer
+from agent_reports.core.charts import price_chart
 from agent_reports.core.csv_files import COVERAGE_COLUMNS, coverage_note, coverage_rows
 from agent_reports.core.input_checks import input_failure
-from agent_reports.core.publishing import report_asset, report_from_answer, report_notes
-from agent_reports.core.reports import Report, Table
+from agent_reports.core.publishing import (
+    report_asset,
+    report_from_answer,
+    report_notes,
+)
+from agent_reports.core.reports import Chart, Note, Report, Table, format_value, notes_at
 from agent_reports.core.resources import DataSourceResource
 from agent_reports.core.sources import InputError, in_window, window_coverage
-from agent_reports.market import prompts
-from agent_reports.market.analysis import history_window, market_metrics
+from agent_reports.market import prompts, tools
+from agent_reports.market.analysis import TRADING_DAYS_PER_YEAR, history_window, market_metrics
 from agent_reports.market.partitions import ANALYSIS, MARKET, market_partitions
 
 TICKER_COLUMNS = ["ticker", "close", "adj close", "return 1d", "volatility 20d", "volume ratio 20d"]
@@ -88,6 +94,11 @@ def build_market_report(key: str, metrics: dict, answer: AnalystAnswer) -> Repor
     window = market_partitions.time_window_for_partition_key(key)
     adjusted = any(m.get("adj_close") is not None for m in metrics["tickers"].values())
     columns = TICKER_COLUMNS if adjusted else [c for c in TICKER_COLUMNS if c != "adj close"]
+    formats = (
+        TICKER_FORMATS
+        if adjusted
+        else [f for f, c in zip(TICKER_FORMATS, TICKER_COLUMNS, strict=True) if c != "adj close"]
+    )
     rows = [
         [
             t,
@@ -97,41 +108,100 @@ def build_market_report(key: str, metrics: dict, answer: AnalystAnswer) -> Repor
             m["volatility_20d"],
             m["volume_ratio_20d"],
         ]
-        for t, m in metrics["tickers"].items()
+        for t, m in sorted(metrics["tickers"].items(), key=_by_move)
     ]
     coverage = metrics.get("input") or {}
-    notes = report_notes(answer) + ([coverage_note(coverage)] if coverage else [])
+    notes = notes_at("warning" if answer.degraded else "info", report_notes(answer))
+    notes += [Note(coverage_note(coverage))] if coverage else []
     if not metrics["trading_day"]:
-        notes.append(no_trading_note(key, coverage))
-    notes += [split_note(t, m) for t, m in metrics["tickers"].items() if m.get("split")]
+        notes.append(Note(no_trading_note(key, coverage)))
+    notes += [
+        Note(split_note(t, m), "warning") for t, m in metrics["tickers"].items() if m.get("split")
+    ]
     return report_from_answer(
         ANALYSIS,
         key,
         window,
         answer,
         prompts.PROMPT_VERSION,
-        findings=answer.narrative["findings"],
+        findings=notable_findings(answer.narrative["findings"], metrics["tickers"]),
         metrics=metrics,
-        tables=([Table("Tickers", columns, rows)] if rows else [])
+        tables=[Table("Tickers, largest move first", columns, rows, formats)]
         + (
             [Table("Input files", COVERAGE_COLUMNS, coverage_rows(coverage))]
             if coverage.get("files")
             else []
         ),
         notes=notes,
+        charts=mover_charts(metrics),
     )
 
 
-@report_asset(MARKET, prompts, build_market_report, reads=["market_analysis"])
+@report_asset(
+    MARKET,
+    prompts,
+    build_market_report,
+    reads=["market_analysis", "market_prices"],
+    tools=lambda key, _root, _metrics, prices: tools.tools(prices, key),
+)
 def market_report(_key: str, metrics: dict) -> dict:
     """The day's market note: metrics from code, narrative from the analyst (cached)."""
     return prompts.prompt_data(metrics)
 
 
+TICKER_FORMATS = ["text", "price", "price", "pct", "rate", "ratio"]
+CHARTED_MOVERS = 3
+# A mover is worth a finding when its move is at least one typical daily move (its 20-day
+# volatility / √252), or it traded on 1.5× its usual volume, or it split.
+NOTABLE_SIGMAS = 1.0
+NOTABLE_VOLUME = 1.5
+NOTABLE_MOVE_WITHOUT_HISTORY = 0.02
+
+
+def _by_move(item: tuple[str, dict]) -> tuple[float, str]:
+    ticker, m = item
+    return (-abs(m["return_1d"]) if m["return_1d"] is not None else 1.0, ticker)
+
+
+def notable(m: dict) -> bool:
+    """Whether a ticker's day is unusual enough to be a finding (see NOTABLE_SIGMAS)."""
+    move, vol, volume = m["return_1d"], m["volatility_20d"], m["volume_ratio_20d"]
+    if m.get("split") or (volume is not None and volume >= NOTABLE_VOLUME):
+        return True
+    if move is None:
+        return False
+    typical = vol / math.sqrt(TRADING_DAYS_PER_YEAR) if vol else None
+    return abs(move) >= (NOTABLE_SIGMAS * typical if typical else NOTABLE_MOVE_WITHOUT_HISTORY)
+
+
+def notable_findings(findings: list[dict], tickers: dict[str, dict]) -> list[dict]:
+    """The analyst's findings less those whose tickers all had an ordinary day (a 0.3×
+    move, average volume): code decides what is unusual, the model words it."""
+    kept = []
+    for finding in findings:
+        named = [tickers[s] for s in finding.get("subjects", []) if s in tickers]
+        if not named or any(notable(m) for m in named):
+            kept.append(finding)
+    return kept
+
+
+def mover_charts(metrics: dict) -> list[Chart]:
+    """A price line over the last 20 trading days for each of the top movers."""
+    charts = []
+    for mover in metrics["top_movers"][:CHARTED_MOVERS]:
+        points = (metrics.get("recent_prices") or {}).get(mover["ticker"]) or []
+        points = [(day, price) for day, price in points if price is not None]
+        if len(points) >= 2:
+            title = f"{mover['ticker']} {format_value('pct', mover['return_1d'])}"
+            charts.append(price_chart(title, points, mover["return_1d"]))
+    return charts
+
+
 def split_note(ticker: str, metrics: dict) -> str:
     split = metrics["split"]
     return (
-        f"{ticker}: probable {split['ratio']} split (raw close {split['raw_return_1d']:+.1%}, "
+        f"{ticker}: probable {split['ratio']} split (raw close "
+        f"{format_value('pct', split['raw_return_1d'])}, "
         f"by the {split['evidence']}); returns use the {metrics['price_basis']}."
     )
 

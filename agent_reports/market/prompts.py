@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from agent_reports.core.analyst import Finding, Narrative, check_narrative, findings_field
+from agent_reports.core.reports import format_value
 
 PROMPT_VERSION = "market-v3"
 
@@ -46,7 +47,7 @@ def check(narrative: Narrative, data: dict[str, Any]) -> None:
 
 
 def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:+.2%}"
+    return "n/a" if value is None else format_value("pct", value)
 
 
 def offline_narrative(data: dict[str, Any]) -> Narrative:
@@ -75,15 +76,16 @@ def offline_narrative(data: dict[str, Any]) -> Narrative:
             if daily_sigma
             else ""
         )
+        ratio = m["volume_ratio_20d"]
         volume = (
-            f" on {m['volume_ratio_20d']:.2f}× its 20-day average volume"
-            if m["volume_ratio_20d"] is not None
+            f" on {format_value('ratio', ratio)} its 20-day average volume"
+            if ratio is not None and not 0.67 <= ratio <= 1.5
             else ""
         )
         findings.append(
             Finding(
                 title=f"{mover['ticker']} {_pct(mover['return_1d'])}",
-                detail=f"Closed at {m['close']:.2f}{size}{volume}.",
+                detail=f"Closed at {format_value('price', m['close'])}{size}{volume}.",
                 subjects=[mover["ticker"]],
             )
         )
