@@ -7,6 +7,7 @@ per run, from the baseline of the earliest hour to the end of the latest.
 
 import os
 from datetime import UTC, datetime
+from pathlib import Path
 
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
@@ -26,6 +27,7 @@ from agent_reports.core.analyst import AnalystAnswer
 from agent_reports.core.charts import Band, band_chart
 from agent_reports.core.delivery import Message
 from agent_reports.core.input_checks import input_failure
+from agent_reports.core.investigation import Toolbox
 from agent_reports.core.publishing import (
     report_asset,
     report_from_answer,
@@ -222,14 +224,17 @@ def build_anomalies_report(key: str, verdict: dict, answer: AnalystAnswer) -> Re
     )
 
 
+def _toolbox(_key: str, _root: Path, verdict: dict, traffic: dict) -> Toolbox:
+    """The analyst's tools for one hour: its features and their 7-day baseline."""
+    return tools.tools(verdict["features"], traffic["baseline"])
+
+
 @report_asset(
     ANOMALIES,
     prompts,
     build_anomalies_report,
     reads=["anomalies_detection", "anomalies_traffic"],
-    tools=lambda _key, _root, verdict, traffic: tools.tools(
-        verdict["features"], traffic["baseline"]
-    ),
+    tools=_toolbox,
 )
 def anomalies_report(key: str, verdict: dict) -> dict:
     """The hour's anomaly report: verdict from code, triage note from the analyst (cached)."""
