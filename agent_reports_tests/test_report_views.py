@@ -13,6 +13,7 @@ import pytest
 
 from agent_reports.anomalies import prompts as anomalies_prompts
 from agent_reports.anomalies.assets import build_anomalies_report
+from agent_reports.anomalies.partitions import ANOMALIES
 from agent_reports.briefing import prompts as briefing_prompts
 from agent_reports.briefing.assets import build_briefing
 from agent_reports.churn.analysis import churn_trend
@@ -275,7 +276,7 @@ def test_briefing_wording(hours: int, title: str) -> None:
 
 def _hour(key: str) -> Window:
     start = datetime.strptime(key, "%Y-%m-%d-%H:%M").replace(tzinfo=UTC)
-    return Window("anomalies", key, start, start + timedelta(hours=1))
+    return Window("anomalies", key, start, start + timedelta(hours=1), ANOMALIES.deadline)
 
 
 def test_compliance_groups_ranges_and_separates_not_scheduled() -> None:

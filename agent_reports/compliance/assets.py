@@ -48,7 +48,7 @@ from agent_reports.compliance.partitions import ANALYSIS, COMPLIANCE, compliance
 from agent_reports.core import settings
 from agent_reports.core.analyst import AnalystAnswer
 from agent_reports.core.charts import stacked_bars
-from agent_reports.core.declaration import DeclaredReport, declared_partitions
+from agent_reports.core.declaration import DeclaredReport, declared_partitions, declared_reports
 from agent_reports.core.publishing import report_asset, report_from_answer, report_notes
 from agent_reports.core.quality import LOW_SCORE
 from agent_reports.core.reports import Chart, Note, Report, Table, notes_at
@@ -70,8 +70,15 @@ def _months(context: AssetExecutionContext) -> dict[str, TimeWindow]:
     }
 
 
-def expected_windows(month: TimeWindow, analyses: list[DeclaredReport]) -> list[Window]:
-    """Every audited analysis' windows whose deadline falls in the month."""
+def expected_windows(
+    month: TimeWindow, analyses: list[DeclaredReport] | None = None
+) -> list[Window]:
+    """Every audited analysis' windows whose deadline falls in the month (default: the
+    analyses this project's code location declares)."""
+    if analyses is None:
+        from agent_reports.definitions import defs  # the code location, loaded by now
+
+        analyses = [d for d in declared_reports(defs) if d.audited]
     query = TimeWindow(month.start - LOOKBACK, month.end)
     windows = []
     for declared in analyses:

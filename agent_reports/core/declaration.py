@@ -218,8 +218,9 @@ class Analysis:
         )
 
 
-# The partitions of every analysis built in this process, by name: what a report that
-# groups other analyses' windows into ranges (the audit) reads to find the next window.
+# The partitions of every analysis declared or built in this process, by name: what a
+# report that groups other analyses' windows into ranges (the audit) reads to find the
+# next window.
 _BUILT: dict[str, TimeWindowPartitionsDefinition] = {}
 
 
@@ -382,7 +383,9 @@ def declare(package: str) -> Analysis:
     if spec is None or not spec.submodule_search_locations:
         raise DeclarationError(f"{package} is not a package")
     path = Path(next(iter(spec.submodule_search_locations))) / DECLARATION_FILE
-    return read_declaration(path, package=package)
+    analysis = read_declaration(path, package=package)
+    _BUILT[analysis.name] = analysis.partitions
+    return analysis
 
 
 def read_declaration(path: Path, **given: Any) -> Analysis:
