@@ -169,7 +169,8 @@ def test_the_audit_finds_the_known_gaps_and_failures(
         "failed attempts": 1,
     }
     # The other analyses never ran: every window due in March is missing.
-    due = {"anomalies": 744, "briefing": 21, "churn": 4}
+    # signups: the declared analysis the repo ships (agent_reports/defs/signups/).
+    due = {"anomalies": 744, "briefing": 21, "churn": 4, "signups": 31}
     for analysis, windows in due.items():
         counts = metrics["coverage"][analysis]
         assert (counts["windows"], counts["missing"], counts["ok"]) == (windows, windows, 0)
@@ -207,7 +208,7 @@ def test_the_audit_finds_the_known_gaps_and_failures(
     [gaps] = [c for c in result.get_asset_check_evaluations() if c.check_name.startswith("every")]
     assert gaps.passed is False
     assert gaps.metadata["gaps"].value == 3 + 1 + sum(due.values())
-    assert "27 of 800 scheduled windows produced their report" in record["summary"]
+    assert "27 of 831 scheduled windows produced their report" in record["summary"]
     # No log file: the log half of the audit is unknown (a failing error check), not clean.
     assert metrics["log_scan"]["verdict"] == "unknown"
     assert metrics["log_scan"]["reasons"] == ["no log file found"]
