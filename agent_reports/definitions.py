@@ -1,4 +1,4 @@
-"""The one entry point: the declared analyses (each folder's partitions.py) built into
+"""The one entry point: the declared analyses (each folder's analysis.yaml) built into
 their assets, checks, jobs, schedules and catch-up sensors (core/declaration.py), plus the
 sensors that watch them all and the shared resources. Cross-cutting policy (pools, the
 run queue, retries) lives in dagster.yaml; each analysis declares its own pool.
@@ -6,14 +6,14 @@ To add an analysis: a folder like market/ and one line in ANALYSES."""
 
 from __future__ import annotations
 
-from dagster import AssetSpec, Definitions, TableColumn, TableSchema, in_process_executor
+from dagster import Definitions, in_process_executor
 
 from agent_reports.anomalies.partitions import ANOMALIES
 from agent_reports.briefing.partitions import BRIEFING
 from agent_reports.churn.partitions import CHURN
 from agent_reports.compliance.partitions import COMPLIANCE
 from agent_reports.components import declared_definitions
-from agent_reports.core.customers import CANONICAL_COLUMNS
+from agent_reports.core.catalog import catalog_spec
 from agent_reports.core.declaration import analysis_definitions, with_declared
 from agent_reports.core.resources import (
     AnalystResource,
@@ -23,7 +23,6 @@ from agent_reports.core.resources import (
     ReportStoreResource,
 )
 from agent_reports.core.run_lock import with_run_locks
-from agent_reports.core.sources import MARKET_COLUMNS, ORIGIN_COLUMNS
 from agent_reports.ingest.partitions import INGEST
 from agent_reports.market.partitions import MARKET
 from agent_reports.ops import ClockResource
@@ -58,49 +57,6 @@ RESOURCES = {
     "delivery": DeliveryResource(),
     "clock": ClockResource(),
 }
-
-# The catalog beyond each declaration's owner and cadence: what each asset is.
-# Kinds for assets that declare none, by the last word of their name.
-KINDS_BY_ROLE = {
-    "report": {"openai", "html"},
-    "email": {"email"},
-    "alert": {"email", "webhook"},
-    "analysis": {"pandas"},
-    "detection": {"pandas"},
-    "history": {"dagster"},
-}
-MARKET_TYPES = {"date": "datetime64", "ticker": "string", "file": "string", "line": "int64"}
-CUSTOMER_TYPES = {
-    "signup_date": "datetime64",
-    "churn_date": "datetime64",
-    "tenure": "float64",
-    "monthly_charges": "float64",
-    "total_charges": "float64",
-    "churned": "bool",
-}
-COLUMN_SCHEMAS = {
-    "market_prices": TableSchema(
-        columns=[
-            TableColumn(name, MARKET_TYPES.get(name, "float64"))
-            for name in (*MARKET_COLUMNS, *ORIGIN_COLUMNS)
-        ]
-    ),
-    "churn_customers": TableSchema(
-        columns=[
-            TableColumn(name, CUSTOMER_TYPES.get(name, "string")) for name in CANONICAL_COLUMNS
-        ]
-    ),
-}
-
-
-def catalog_spec(spec: AssetSpec) -> AssetSpec:
-    """Kinds (from the asset's role when it declares none) and, for tables, the column schema."""
-    kinds = spec.kinds or KINDS_BY_ROLE.get(spec.key.path[-1].rpartition("_")[2], {"python"})
-    schema = COLUMN_SCHEMAS.get(spec.key.to_user_string())
-    return spec.replace_attributes(kinds=kinds).merge_attributes(
-        metadata={"dagster/column_schema": schema} if schema else {},
-    )
-
 
 defs = Definitions.merge(
     *(analysis_definitions(analysis) for analysis in ANALYSES),

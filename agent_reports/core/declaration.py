@@ -2,7 +2,9 @@
 
 An `Analysis` states what the project needs to schedule, guard and audit one analysis: its
 partitions (the schedule windows), its schedule and when that requests a window, its
-pool, its deadline, catch-up, owner and cadence, and the assets it consists of.
+pool, its deadline, catch-up, owner and cadence, and the assets it consists of. A built-in
+analysis declares it in its folder's analysis.yaml (`declare`); a component may build one
+directly.
 `analysis_definitions(analysis)` builds from it the job, the schedule, the catch-up
 sensor, the report's freshness policy and the catalog (owner, tags); definitions.py
 merges the results of every declaration.
