@@ -53,8 +53,8 @@ def data_dir(isolated_dirs: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
-def _report_files(root: Path, key: str = DAY) -> dict[str, bytes]:
-    return {ext: (root / "signups" / f"{key}.{ext}").read_bytes() for ext in ("json", "md", "html")}
+def _report_files(root: Path, key: str = DAY, name: str = "signups") -> dict[str, bytes]:
+    return {ext: (root / name / f"{key}.{ext}").read_bytes() for ext in ("json", "md", "html")}
 
 
 def _signups_table(path: Path, rows: list[tuple]) -> str:
@@ -272,3 +272,82 @@ def test_missed_windows_are_caught_up_and_counted_in_the_audit(instance: Dagster
     windows = [w for w in expected_windows(march, [declared]) if w.analysis == "signups"]
     assert declared.audited and declared.deadline.after_end.total_seconds() == 26 * 3600
     assert len(windows) == 31
+
+
+ORDERS_YAML = """\
+type: agent_reports.ScheduledReport
+attributes:
+  name: orders
+  partitions: {grain: daily, timezone: UTC, start: "2024-01-01"}
+  deadline: 25h
+  input:
+    duckdb:
+      tables:
+        orders: {csv: shop/orders.csv}
+        customers: {parquet: "shop/customers/*.parquet"}
+      query: |
+        SELECT o.order_id, o.ordered_at, o.amount, c.country
+        FROM orders o JOIN customers c USING (customer_id)
+        WHERE o.ordered_at >= $window_start AND o.ordered_at < $window_end
+  metrics:
+    - name: by_country
+      sql: SELECT country, count(*) AS orders, sum(amount) AS revenue FROM input GROUP BY country
+  prompt: {file: prompt.md, version: orders-v1}
+  checks:
+    - name: positive_amounts
+      sql: SELECT * FROM input WHERE amount <= 0
+"""
+
+
+def test_duckdb_input_over_csv_and_parquet_files(tmp_path: Path, monkeypatch, data_dir: Path):
+    """A DuckDB-declared analysis, loaded from a defs folder of its own: Parquet joined to
+    CSV under the data dir, cut to the partition's window by bound parameters."""
+    import pandas as pd
+    from dagster import materialize
+
+    from agent_reports.core.resources import (
+        AnalystResource,
+        PartitionRangeIOManager,
+        ReportStoreResource,
+    )
+
+    shop = data_dir / "shop"
+    (shop / "customers").mkdir(parents=True)
+    (shop / "orders.csv").write_text(
+        "order_id,customer_id,ordered_at,amount\n"
+        "1,10,2024-03-04 23:59:59,5.0\n"  # the day before: outside the window
+        "2,10,2024-03-05 00:00:00,7.5\n"
+        "3,11,2024-03-05 12:30:00,2.5\n"
+        "4,12,2024-03-05 23:00:00,4.0\n"
+        "5,11,2024-03-06 00:00:00,9.0\n"  # the window's end is exclusive
+    )
+    customers = pd.DataFrame({"customer_id": [10, 11, 12], "country": ["DE", "US", "US"]})
+    customers.to_parquet(shop / "customers" / "part-0.parquet")
+    package = tmp_path / "declared_files"
+    (package / "orders").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "orders" / "defs.yaml").write_text(ORDERS_YAML)
+    (package / "orders" / "prompt.md").write_text("Describe the day's orders.\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    declared = load_defs(importlib.import_module("declared_files"), project_root=tmp_path)
+
+    result = materialize(
+        [*declared.assets, *declared.asset_checks],
+        partition_key=DAY,
+        resources={
+            "analyst": AnalystResource(),
+            "reports": ReportStoreResource(),
+            "range_io_manager": PartitionRangeIOManager(),
+        },
+    )
+    assert result.success
+    record = json.loads(
+        _report_files(Path(os.environ["AGENT_REPORTS_REPORTS_DIR"]), DAY, "orders")["json"]
+    )
+    assert record["analysis"] == "orders"
+    assert record["metrics"]["coverage"]["rows_read"] == 3
+    assert record["metrics"]["by_country"] == [
+        {"country": "DE", "orders": 1, "revenue": 7.5},
+        {"country": "US", "orders": 2, "revenue": 6.5},
+    ]
+    assert _check_results(result) == {"positive_amounts": True, "report_is_grounded": True}
