@@ -22,3 +22,17 @@ KNOWN_DAGSTER_WARNINGS = (
 )
 for _message in KNOWN_DAGSTER_WARNINGS:
     warnings.filterwarnings("ignore", message=_message)
+
+
+def __getattr__(name: str):
+    """`agent_reports.ScheduledReport`, the component type of declared analyses, imported only
+    when asked for (by dg or a defs.yaml), so importing the package stays Dagster-free."""
+    if name == "ScheduledReport":
+        from agent_reports.components import ScheduledReport
+
+        return ScheduledReport
+    raise AttributeError(f"module 'agent_reports' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:  # dg lists a registry module's components by dir()
+    return sorted([*globals(), "ScheduledReport"])

@@ -12,6 +12,7 @@ from agent_reports.anomalies.partitions import ANOMALIES
 from agent_reports.briefing.partitions import BRIEFING
 from agent_reports.churn.partitions import CHURN
 from agent_reports.compliance.partitions import COMPLIANCE
+from agent_reports.components import declared_definitions
 from agent_reports.core.catalog import catalog_spec
 from agent_reports.core.declaration import analysis_definitions, with_declared
 from agent_reports.core.resources import (
@@ -59,6 +60,7 @@ RESOURCES = {
 
 defs = Definitions.merge(
     *(analysis_definitions(analysis) for analysis in ANALYSES),
+    declared_definitions(),  # the analyses declared in YAML: agent_reports/defs/<name>/
     Definitions(
         jobs=OPS_JOBS,
         sensors=OPS_SENSORS,

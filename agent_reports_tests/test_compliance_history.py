@@ -171,7 +171,8 @@ def test_the_audit_finds_the_known_gaps_and_failures(
     }
     # The other analyses never ran in this instance: their windows were not scheduled,
     # apart from the market's gaps, which are missing (the market ran before them).
-    due = {"anomalies": 744, "briefing": 21, "churn": 4}
+    # signups: the declared analysis the repo ships (agent_reports/defs/signups/).
+    due = {"anomalies": 744, "briefing": 21, "churn": 4, "signups": 31}
     for analysis, windows in due.items():
         counts = metrics["coverage"][analysis]
         assert (counts["windows"], counts["not scheduled"], counts["missing"]) == (windows,) * 2 + (
@@ -212,7 +213,7 @@ def test_the_audit_finds_the_known_gaps_and_failures(
     assert gaps.passed is False
     assert gaps.metadata["gaps"].value == 3 + 1
     assert "27 of 31 scheduled windows produced their report" in record["summary"]
-    assert "769 more were not scheduled" in record["summary"]
+    assert "800 more were not scheduled" in record["summary"]
     markdown = path.with_suffix(".md").read_text()
     assert "| anomalies | 2024-02-29 21:00 → 2024-03-31 20:00 | 744 |" in markdown
     assert "| market | 2024-03-10 → 2024-03-11 | 2 | missing |" in markdown

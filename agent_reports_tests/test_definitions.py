@@ -16,6 +16,7 @@ from dagster import (
 )
 
 from agent_reports.briefing.partitions import briefing_partitions
+from agent_reports.core.declaration import declared_reports
 from agent_reports.core.publishing import report_link
 from agent_reports.core.settings import ANALYSES
 from agent_reports.core.sources import MARKET_COLUMNS
@@ -33,13 +34,14 @@ def test_definitions_load() -> None:
 def test_every_asset_sits_in_the_pool_of_its_analysis() -> None:
     """The pool is what keeps two runs of one analysis apart (granularity run)."""
     graph = defs.resolve_asset_graph()
+    yaml_declared = {d.analysis for d in declared_reports(defs.get_repository_def())}
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
         assets_def = node.assets_def
         group = node.group_name
         if group == INGEST_GROUP:  # the log store: its file lock, not a pool, serialises ingests
             continue
-        assert group in ANALYSES, f"{key} is in group {group!r}, not an analysis"
+        assert group in {*ANALYSES, *yaml_declared}, f"{key} is in group {group!r}, not an analysis"
         pools = {op.pool for op in assets_def.node_def.iterate_op_defs()}
         assert pools == {group}, f"{key.to_user_string()} runs in pools {pools}, not {group!r}"
 
