@@ -9,6 +9,7 @@ default like every schedule) keeps it current; materialising a range shows each 
 No pool: the store's file lock keeps two ingests apart.
 """
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 from dagster import (
@@ -23,17 +24,22 @@ from dagster import (
 )
 
 from agent_reports.anomalies.partitions import anomalies_partitions
+from agent_reports.core.access_logs_demo import write_demo_logs
 from agent_reports.core.log_store import LogStore, folder_store
 from agent_reports.core.resources import DataSourceResource
-from agent_reports.core.sources import FileSource, InputError
+from agent_reports.core.sources import DemoSource, FileSource, InputError
 
 GROUP = "ingest"
 
 
 def source_store(source: DataSourceResource) -> tuple[Path, LogStore] | None:
-    """The logs folder of the files source and its store; None for the demo source (it
-    generates each window's lines); a clear failure when the folder is missing."""
+    """The logs folder of the files source (or the demo's, which it writes its generated
+    logs into) and its store; None for a source without one; a clear failure when the
+    files source's folder is missing."""
     files = source.get()
+    if isinstance(files, DemoSource) and files.logs_dir is not None:
+        files.logs_dir.mkdir(parents=True, exist_ok=True)
+        return files.logs_dir, folder_store(files.logs_dir)
     if not isinstance(files, FileSource):
         return None
     folder = files.data_dir / "logs"
@@ -41,6 +47,10 @@ def source_store(source: DataSourceResource) -> tuple[Path, LogStore] | None:
         error = InputError(folder, None, None, "folder not found (AGENT_REPORTS_DATA_DIR/logs)")
         raise Failure(description=str(error), allow_retries=False)
     return folder, folder_store(folder)
+
+
+def _at(epoch_hour: int) -> datetime:
+    return datetime.fromtimestamp(epoch_hour * 3600, UTC)
 
 
 def _epoch_hour(key: str) -> int:
@@ -60,10 +70,13 @@ def access_log_store(
     new lines ingested, then each hour's lines, malformed lines, bytes and files shown."""
     found = source_store(source)
     if found is None:
-        return MaterializeResult(
-            metadata={"source": "demo", "note": "the demo source generates each window's lines"}
-        )
+        return MaterializeResult(metadata={"note": "this source has no logs folder"})
     folder, store = found
+    hours = {key: _epoch_hour(key) for key in context.partition_keys}
+    demo = source.get()
+    if isinstance(demo, DemoSource):  # the demo writes the hours asked for, as a server would
+        first, last = min(hours.values()), max(hours.values()) + 1
+        write_demo_logs(demo.seed, folder, _at(first), _at(last))
     try:
         summary = store.ingest(folder)
     except InputError as error:
@@ -72,7 +85,6 @@ def access_log_store(
             metadata={"file": error.path},
             allow_retries=False,
         ) from None
-    hours = {key: _epoch_hour(key) for key in context.partition_keys}
     stats = store.hour_stats(min(hours.values()), max(hours.values()) + 1)
     for key, hour in hours.items():
         held = stats.get(hour)
