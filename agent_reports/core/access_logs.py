@@ -29,9 +29,9 @@ format found before and the number of the first new line,
 line numbers.
 
 The work is vectorised over blocks of `CHUNK_BYTES`, so memory is bounded by the block
-size, not the file size: pyarrow's CSV tokenizer reads the lines the format's RE2 pattern
-matches (see "the tokenizer path" below), RE2 extraction the rest, numpy does the date
-arithmetic (measured in benchmarks/log_parse.py).
+size, not the file size: pyarrow's CSV tokenizer and numpy read the lines the fast path
+can vouch for (core/log_tokenizer.py: the same records the regex would give), RE2
+extraction the rest (measured in benchmarks/log_parse.py).
 """
 
 from __future__ import annotations
