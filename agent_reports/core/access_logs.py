@@ -129,9 +129,13 @@ def open_log(path: Path) -> BinaryIO:
 def line_blocks(stream: BinaryIO, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
     """Blocks of whole lines of about `chunk_bytes`; a line longer than a block is cut.
 
-    Reads in pieces of at most READ_BYTES, so when a compressed file breaks off, the whole
-    lines read before the break are still yielded before the error is raised.
+    A compressed stream is read in pieces of at most READ_BYTES, so when it breaks off, the
+    whole lines read before the break are still yielded before the error is raised; a
+    plain file is read a block at a time (one copy less per byte).
     """
+    if not isinstance(stream, gzip.GzipFile):
+        yield from _plain_blocks(stream, chunk_bytes)
+        return
     buffer = bytearray()
     read = getattr(stream, "read1", stream.read)  # read1: what is decompressed so far
     try:
@@ -148,6 +152,24 @@ def line_blocks(stream: BinaryIO, chunk_bytes: int = CHUNK_BYTES) -> Iterator[by
         raise
     if buffer:
         yield bytes(buffer)
+
+
+def _plain_blocks(stream: BinaryIO, chunk_bytes: int) -> Iterator[bytes]:
+    """`line_blocks` of an uncompressed stream: each read ends at its last newline, the
+    rest starts the next block (a line longer than a block is cut)."""
+    tail = b""
+    while piece := stream.read(chunk_bytes):
+        cut = piece.rfind(b"\n") + 1
+        if not cut:
+            tail += piece
+            if len(tail) >= chunk_bytes:
+                yield tail
+                tail = b""
+            continue
+        yield b"".join([tail, memoryview(piece)[:cut]])
+        tail = piece[cut:]
+    if tail:
+        yield tail
 
 
 def split_lines(block: bytes) -> pa.BinaryArray:
