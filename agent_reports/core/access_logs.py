@@ -53,7 +53,7 @@ from agent_reports.core.log_formats import DETECT_LINES, TIME, LogFormat, detect
 from agent_reports.core.log_tokenizer import MONTHS, fast_records, request_parts, utf8_text
 from agent_reports.core.log_tokenizer import local_to_utc as _seconds
 
-CHUNK_BYTES = 16 * 1024 * 1024
+CHUNK_BYTES = 8 * 1024 * 1024  # 16 MB: the tokenizer leaves the cache (13% slower)
 READ_BYTES = 1024 * 1024
 MAX_LINE_BYTES = 8192
 SAMPLE_CHARS = 200
