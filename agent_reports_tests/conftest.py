@@ -103,6 +103,7 @@ def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AGENT_REPORTS_REPORTS_DIR", str(tmp_path / "reports"))
     monkeypatch.setenv("AGENT_REPORTS_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("AGENT_REPORTS_DATA_DIR", str(tmp_path / "data"))  # the demo writes logs
     return tmp_path
 
 

@@ -8,8 +8,9 @@ runs, each in its own subprocess (so peak RSS is its own) `--repeat` times:
 - known: the same with the format given (as AGENT_REPORTS_LOG_FORMAT would);
 - detection: the detector alone on the file's first lines (what "detected" adds).
 
-It prints median CPU seconds and lines/s, the ratio to the baseline measured in the same
-run, the cost of detection relative to the known-format parse, and peak RSS (VmHWM).
+It prints median CPU seconds and lines/s, the ratio to the baseline (the median over the
+rounds of each round's ratio: every round runs each candidate once), the cost of
+detection relative to the known-format parse, and peak RSS (VmHWM).
 
     .venv/bin/python benchmarks/log_parse.py --lines 1000000 --presets combined
 """
@@ -150,19 +151,35 @@ def child(name: str, preset: str, path: Path) -> None:
     print(f"{rows} {took} {peak_mb}")
 
 
-def measure(name: str, preset: str, path: Path, repeat: int) -> tuple[int, float, float]:
-    runs = []
+def run_once(name: str, preset: str, path: Path) -> tuple[int, float, float]:
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", name, preset, str(path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **ONE_CORE},
+        check=True,
+    )
+    rows, took, peak = done.stdout.split()
+    return int(rows), float(took), float(peak)
+
+
+def measure(preset: str, path: Path, repeat: int) -> tuple[dict, dict]:
+    """Each candidate once per round, rounds `repeat` times (so a load that changes during
+    the run weighs on all alike); medians, and the median of each round's ratio to the
+    baseline of the same round."""
+    runs: dict[str, list] = {name: [] for name in CANDIDATES}
     for _ in range(repeat):
-        done = subprocess.run(
-            [sys.executable, __file__, "--child", name, preset, str(path)],
-            capture_output=True,
-            text=True,
-            env={**os.environ, **ONE_CORE},
-            check=True,
-        )
-        rows, took, peak = done.stdout.split()
-        runs.append((int(rows), float(took), float(peak)))
-    return runs[0][0], statistics.median(r[1] for r in runs), max(r[2] for r in runs)
+        for name in CANDIDATES:
+            runs[name].append(run_once(name, preset, path))
+    results = {
+        name: (r[0][0], statistics.median(x[1] for x in r), max(x[2] for x in r))
+        for name, r in runs.items()
+    }
+    ratios = {
+        name: statistics.median(x[1] / b[1] for x, b in zip(r, runs["baseline"], strict=True))
+        for name, r in runs.items()
+    }
+    return results, ratios
 
 
 def main() -> None:
@@ -183,13 +200,12 @@ def main() -> None:
         )
         for preset, path in paths.items():
             size_mb = path.stat().st_size / 1e6
-            results = {name: measure(name, preset, path, args.repeat) for name in CANDIDATES}
-            base = results["baseline"][1]
+            results, ratios = measure(preset, path, args.repeat)
             detection = results.pop("detection")[1]
             for name, (rows, took, peak) in results.items():
                 print(
                     f"{preset:17s} {name:9s} {size_mb:5.0f} MB {rows:>10,} rows {took:6.2f} s "
-                    f"{args.lines / took:>11,.0f} lines/s {took / base:5.2f}× baseline  "
+                    f"{args.lines / took:>11,.0f} lines/s {ratios[name]:5.2f}× baseline  "
                     f"peak RSS {peak:5.0f} MB"
                 )
             known = results["known"][1]

@@ -3,8 +3,9 @@
 An audit finding must cite its evidence, and the shared reader (core/access_logs.py)
 yields records without their line numbers. The files source's records come from the log
 store (core/log_store.py), which keeps the `file` and `line` of every good line, so the
-audit reads only its month; the demo source is numbered here with the same per-file
-parser (`LogParser`). Memory stays bounded by an hour or a block. `ReadStats` counts the
+audit reads only its month; so do the demo's (written into the logs folder first); a
+demo source without a logs folder is numbered here with the same per-file parser
+(`LogParser`). Memory stays bounded by an hour or a block. `ReadStats` counts the
 month's lines parsed and skipped (malformed, or with no readable timestamp), in total and
 per file, so the audit says what it did not read.
 """
@@ -124,6 +125,11 @@ def month_records(
         if not folder.is_dir():
             raise InputError(folder, None, None, "folder not found (AGENT_REPORTS_DATA_DIR/logs)")
         yield from _stored_records(folder, start, end, stats)
+    elif isinstance(source, DemoSource) and source.logs_dir is not None:
+        from agent_reports.core.access_logs_demo import write_demo_logs
+
+        write_demo_logs(source.seed, source.logs_dir, start, end)
+        yield from _stored_records(source.logs_dir, start, end, stats)
     elif isinstance(source, DemoSource):
         from agent_reports.core.access_logs_demo import demo_blocks
 

@@ -4,14 +4,24 @@ Every hour's lines come from a generator seeded by (seed, hour), so any window i
 whichever range it is read with. Traffic follows a daily curve (quiet nights, busy
 afternoons, lighter weekends); the server logs in America/New_York local time, so the
 offsets change with DST. About `INCIDENT_RATE` of the hours carry one incident, labelled
-by `demo_incidents` for tests and benchmarks. A few malformed lines are mixed in.
+by `demo_incidents` for tests and benchmarks, and every UTC day has at least one (a 5xx
+burst at an hour drawn per day) and one request a compliance policy flags (an outside
+client reaching `/admin/`), so any recent window of the demo shows an alert and a
+finding. A few malformed lines are mixed in.
+
+`write_demo_logs` writes the hours a window needs as daily files (`access.log-YYYYMMDD`)
+under `<logs>/demo/`, appending to a day's file as later hours are asked for, so the demo
+is read through the files → log store → window path that users' files take.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import math
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -23,6 +33,8 @@ INCIDENT_RATE = 0.03
 INCIDENT_KINDS = ("error_burst", "traffic_spike", "traffic_drop", "crawler_flood", "slow_endpoint")
 PEAK_REQUESTS = 1200
 MALFORMED_RATE = 0.0005
+POLICY_CLIENT, POLICY_PATH = "198.51.100.77", "/admin/settings"  # outside any allow-list
+DEMO_FOLDER = "demo"
 
 _PATHS = [
     "/",
@@ -77,11 +89,16 @@ def _client_names(seed: int) -> np.ndarray:
     return np.array([f"203.{a}.{b}.{c}" for a, b, c in octets])
 
 
+def _daily_hour(seed: int, day: int, salt: int) -> int:
+    """An hour (epoch hours) of the UTC day `day` (epoch days), drawn per (seed, day)."""
+    return day * 24 + int(np.random.default_rng([seed, day, salt]).integers(24))
+
+
 def demo_incident(seed: int, hour: int) -> str | None:
     """The incident injected in `hour` (epoch hours, UTC), if any."""
     rng = np.random.default_rng([seed, hour, 99])
     if rng.random() >= INCIDENT_RATE:
-        return None
+        return "error_burst" if hour == _daily_hour(seed, hour // 24, 98) else None
     kind = INCIDENT_KINDS[int(rng.integers(len(INCIDENT_KINDS)))]
     if kind == "traffic_drop" and _expected_requests(hour) < 500:
         return "traffic_spike"  # a drop in a quiet hour is indistinguishable from noise
@@ -144,6 +161,13 @@ def hour_lines(seed: int, hour: int) -> bytes:
         status = np.concatenate([status, rng.choice([200, 404], extra, p=[0.6, 0.4])])
         latency = np.concatenate([latency, rng.lognormal(np.log(0.05), 0.3, extra)])
         n += extra
+    if hour == _daily_hour(seed, hour // 24, 97):  # the day's policy finding
+        clients = np.append(clients, POLICY_CLIENT)
+        paths = np.append(paths, POLICY_PATH)
+        agents = np.append(agents, _AGENTS[6])
+        status = np.append(status, 200)
+        latency = np.append(latency, 0.05)
+        n += 1
     sizes = np.where(status == 304, 0, rng.lognormal(8.5, 1.0, n).astype(np.int64))
     seconds = np.sort(rng.integers(0, 3600, n))
     order = rng.permutation(n)  # shuffle attributes, keep times sorted
@@ -191,3 +215,31 @@ def demo_blocks(seed: int, start: datetime, end: datetime) -> Iterator[bytes]:
     last = -(-int(end.timestamp()) // 3600)
     for hour in range(first, last):
         yield hour_lines(seed, hour)
+
+
+def write_demo_logs(seed: int, logs: Path, start: datetime, end: datetime) -> list[Path]:
+    """Every hour of each UTC day touching [start, end), up to the hour `end` falls in,
+    in `<logs>/demo/access.log-YYYYMMDD` (a day's file grows as later hours are asked
+    for); the hours already written are kept in `.written.json` beside them, under a lock
+    so two runs at once write each hour once. Returns the day files."""
+    folder = logs / DEMO_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    first, last = int(start.timestamp()) // 3600, -(-int(end.timestamp()) // 3600)
+    files = []
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        state_path = folder / ".written.json"
+        written = json.loads(state_path.read_text()) if state_path.exists() else {}
+        for day in range(first // 24, -(-last // 24)):
+            path = folder / f"access.log-{datetime.fromtimestamp(day * 86400, UTC):%Y%m%d}"
+            done, size = written.get(path.name, (day * 24, 0)) if path.exists() else (day * 24, 0)
+            wanted = min(last, day * 24 + 24)
+            if wanted > done:
+                with open(path, "ab") as out:
+                    out.truncate(size)  # what a run killed mid-write left after it
+                    for hour in range(done, wanted):
+                        out.write(hour_lines(seed, hour))
+                written[path.name] = (wanted, path.stat().st_size)
+                state_path.write_text(json.dumps(written, sort_keys=True))
+            files.append(path)
+    return files

@@ -37,6 +37,7 @@ TIME = (
     r"(?P<hh>\d{2}):(?P<mm>\d{2}):(?P<ss>\d{2}) (?P<tzsign>[+-])(?P<tzh>\d{2})(?P<tzm>\d{2})\]"
 )
 NUMBER = r"\d+(?:\.\d+)?|-"
+UPSTREAM_TIME = r"[\d.]+|-"
 UPSTREAM_TIMES = r"(?:[\d.]+|-)(?:(?:, | : )(?:[\d.]+|-))*"
 LINE_END = r"[ \t]*\r?\n?$"
 EXTRA_FIELDS = r'(?: (?:"' + QUOTED + r'"|[^ "\r\n]\S*))+'
@@ -226,10 +227,10 @@ def _nginx_brackets(pieces: list[Piece]) -> list[Piece]:
 class Column:
     """One space-separated field of a line as a CSV tokenizer sees it (quotes stripped).
 
-    `field`: the record field it holds alone; `pattern`: an anchored pattern with named
-    groups, for a column
-    holding literals or several directives (`%v:%p`, `%{ms}Tms`); `time`: the two columns
-    `[dd/Mon/yyyy:hh:mm:ss` and `±hhmm]`.
+    `pattern`: the anchored pattern the whole value must match (the same text the line's
+    pattern has for it); `field`: the record field the column holds alone, else the
+    pattern's named groups are the fields (literals or several directives: `%v:%p`,
+    `%{ms}Tms`); `time`: the two columns `[dd/Mon/yyyy:hh:mm:ss` and `±hhmm]`.
     """
 
     field: str | None = None
@@ -244,8 +245,9 @@ def _split_columns(pieces: list[Piece]) -> list[list[Piece]] | None:
     quoted = False
     for piece in pieces:
         if not isinstance(piece, str):
-            body = piece[2] or ""
-            if not quoted and " " in body:
+            if piece[2] == UPSTREAM_TIMES:  # one upstream: a list (", ") is left to the regex
+                piece = (piece[0], piece[1], UPSTREAM_TIME)
+            if not quoted and " " in (piece[2] or ""):
                 return None  # a value that may hold spaces: not tokenizable
             columns[-1].append(piece)
             continue
@@ -272,16 +274,16 @@ def _columns(pieces: list[Piece]) -> tuple[Column, ...] | None:
         if any(piece == '"' for piece in inner):
             return None
         if len(inner) == 1 and isinstance(inner[0], tuple):
-            field = inner[0][0]
+            field, _unit, raw = inner[0]
             if field == "time":
                 columns.append(Column(time=True))
                 continue
             named = field if field and field not in seen else None
             seen.add(named or "")
-            columns.append(Column(named, None, quoted))
+            columns.append(Column(named, f"^(?:{_body(field, raw, quoted)})$", quoted))
             continue
         literal_pieces = ["".join(inner)] if all(isinstance(p, str) for p in inner) else inner
-        pattern, fields, _unit = _compile(_merge_chars(literal_pieces), seen)
+        pattern, fields, _unit = _compile(_merge_chars(literal_pieces), seen, quoted)
         seen.update(fields)
         columns.append(Column(None, pattern.removesuffix(LINE_END) + "$", quoted))
     return tuple(columns)
@@ -298,11 +300,18 @@ def _merge_chars(pieces: list[Piece]) -> list[Piece]:
     return merged
 
 
+def _body(field: str | None, raw: str | None, quoted: bool) -> str:
+    """The pattern of a directive's value, inside or outside quotes."""
+    outside, inside = FIELDS.get(field, (None, None)) if field else (None, None)
+    return raw or (inside if quoted else outside) or (QUOTED if quoted else TOKEN)
+
+
 def _compile(
-    pieces: list[Piece], seen: set[str] | frozenset[str] = frozenset()
+    pieces: list[Piece], seen: set[str] | frozenset[str] = frozenset(), quoted: bool = False
 ) -> tuple[str, list[str], float | None]:
-    """The anchored pattern, the fields it names (each once), and the request-time unit."""
-    parts, fields, unit, quoted = ["^"], [], None, False
+    """The anchored pattern, the fields it names (each once), and the request-time unit;
+    `quoted`: the pieces sit inside quotes (a column whose quotes the tokenizer strips)."""
+    parts, fields, unit = ["^"], [], None
     for piece in pieces:
         if isinstance(piece, str):
             parts.append(_rx(piece))
@@ -315,8 +324,7 @@ def _compile(
             parts.append(TIME)
             fields.append("time")
             continue
-        outside, inside = FIELDS.get(field, (None, None)) if field else (None, None)
-        body = raw or (inside if quoted else outside) or (QUOTED if quoted else TOKEN)
+        body = _body(field, raw, quoted)
         if field and field not in fields and field not in seen:
             fields.append(field)
             if field == "rt":

@@ -49,10 +49,11 @@ class DataSourceResource(ConfigurableResource):
 
     def get(self) -> Source:
         kind = self.kind or settings.env("AGENT_REPORTS_SOURCE", "demo")
-        if kind == "demo":
-            return DemoSource(self.demo_seed)
+        data_dir = Path(self.data_dir) if self.data_dir else settings.data_dir()
+        if kind == "demo":  # its logs go where a user's would, and are read the same way
+            return DemoSource(self.demo_seed, logs_dir=data_dir / "logs")
         if kind == "files":
-            return FileSource(Path(self.data_dir) if self.data_dir else settings.data_dir())
+            return FileSource(data_dir)
         raise ValueError(f"AGENT_REPORTS_SOURCE must be 'demo' or 'files', not {kind!r}")
 
 

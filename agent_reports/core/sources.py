@@ -158,8 +158,11 @@ class DemoSource:
 
     name = "demo"
 
-    def __init__(self, seed: int = 7):
+    def __init__(self, seed: int = 7, logs_dir: Path | None = None):
         self.seed = seed
+        # Where the generated access logs are written for the files → store → window
+        # path users run (`<data_dir>/logs`, as `make run` has it); None: parsed in memory.
+        self.logs_dir = logs_dir
 
     def market_read(self, start: date, end: date) -> MarketRead:
         prices = empty_market_frame()
@@ -176,11 +179,17 @@ class DemoSource:
         return self.market_read(start, end).prices
 
     def access_logs(self, start: datetime, end: datetime) -> Iterator[LogChunk]:
-        """Generated traffic with labelled incidents (core/access_logs_demo.py), parsed."""
+        """Generated traffic with labelled incidents (core/access_logs_demo.py): written as
+        daily files under `<logs_dir>/demo/`, ingested into the log store and the window
+        read from it, as the files source does; parsed in memory without a `logs_dir`."""
         from agent_reports.core.access_logs import parse_blocks
-        from agent_reports.core.access_logs_demo import demo_blocks
+        from agent_reports.core.access_logs_demo import demo_blocks, write_demo_logs
+        from agent_reports.core.log_store import ingest_and_read
 
-        return parse_blocks(demo_blocks(self.seed, start, end), "demo", start, end)
+        if self.logs_dir is None:
+            return parse_blocks(demo_blocks(self.seed, start, end), "demo", start, end)
+        write_demo_logs(self.seed, self.logs_dir, start, end)
+        return ingest_and_read(self.logs_dir, start, end)
 
     def customers(self) -> pd.DataFrame:
         """A generated telco-like base with a churn history (core/customers.py)."""

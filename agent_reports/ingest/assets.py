@@ -10,21 +10,27 @@ each hour.
 No pool: the store's file lock keeps two ingests apart.
 """
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
+from agent_reports.core.access_logs_demo import write_demo_logs
 from agent_reports.core.input_checks import input_failure
 from agent_reports.core.log_store import LogStore, folder_store
 from agent_reports.core.resources import DataSourceResource
-from agent_reports.core.sources import FileSource, InputError
+from agent_reports.core.sources import DemoSource, FileSource, InputError
 from agent_reports.ingest.partitions import INGEST
 
 
 def source_store(source: DataSourceResource) -> tuple[Path, LogStore] | None:
-    """The logs folder of the files source and its store; None for the demo source (it
-    generates each window's lines); a clear failure when the folder is missing."""
+    """The logs folder of the files source (or the demo's, which it writes its generated
+    logs into) and its store; None for a source without one; a clear failure when the
+    files source's folder is missing."""
     files = source.get()
+    if isinstance(files, DemoSource) and files.logs_dir is not None:
+        files.logs_dir.mkdir(parents=True, exist_ok=True)
+        return files.logs_dir, folder_store(files.logs_dir)
     if not isinstance(files, FileSource):
         return None
     folder = files.data_dir / "logs"
@@ -32,6 +38,10 @@ def source_store(source: DataSourceResource) -> tuple[Path, LogStore] | None:
         error = InputError(folder, None, None, "folder not found (AGENT_REPORTS_DATA_DIR/logs)")
         raise Failure(description=str(error), allow_retries=False)
     return folder, folder_store(folder)
+
+
+def _at(epoch_hour: int) -> datetime:
+    return datetime.fromtimestamp(epoch_hour * 3600, UTC)
 
 
 def _epoch_hour(key: str) -> int:
@@ -46,15 +56,17 @@ def access_log_store(
     new lines ingested, then each hour's lines, malformed lines, bytes and files shown."""
     found = source_store(source)
     if found is None:
-        return MaterializeResult(
-            metadata={"source": "demo", "note": "the demo source generates each window's lines"}
-        )
+        return MaterializeResult(metadata={"note": "this source has no logs folder"})
     folder, store = found
+    hours = {key: _epoch_hour(key) for key in context.partition_keys}
+    demo = source.get()
+    if isinstance(demo, DemoSource):  # the demo writes the hours asked for, as a server would
+        first, last = min(hours.values()), max(hours.values()) + 1
+        write_demo_logs(demo.seed, folder, _at(first), _at(last))
     try:
         summary = store.ingest(folder)
     except InputError as error:
         raise input_failure("access-log", error) from None
-    hours = {key: _epoch_hour(key) for key in context.partition_keys}
     stats = store.hour_stats(min(hours.values()), max(hours.values()) + 1)
     for key, hour in hours.items():
         held = stats.get(hour)

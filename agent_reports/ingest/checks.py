@@ -15,7 +15,7 @@ def raw_files_read_to_the_end(context, source: DataSourceResource) -> AssetCheck
     the break are in no report until the file is whole again."""
     found = source_store(source)
     if found is None:
-        return AssetCheckResult(passed=True, metadata={"source": "demo (no raw files)"})
+        return AssetCheckResult(passed=True, metadata={"source": "no logs folder"})
     problems = found[1].problems()
     return AssetCheckResult(
         passed=not problems,
