@@ -84,13 +84,15 @@ def test_one_market_run_at_a_time_other_pools_alongside(storage, isolated_dirs: 
         second = stack.launch_run("market_job", MANUAL_PARTITION)
         backfill = stack.launch_backfill(MARKET_ASSETS, PARTITIONS)
         other = stack.launch_run("other_pool_job")
+        # The analysis declared in YAML: two runs of one window, held apart by its own pool.
+        signups = [stack.launch_run("signups_job", MANUAL_PARTITION) for _ in range(2)]
 
         snapshots = []
 
         def all_ended() -> bool:
             snapshots.append(_statuses(stack))
             backfill_runs = stack.backfill_runs(backfill)
-            ids = [first, second, other] + [r.run_id for r in backfill_runs]
+            ids = [first, second, other, *signups] + [r.run_id for r in backfill_runs]
             return bool(backfill_runs) and all(
                 snapshots[-1].get(i) in {"SUCCESS", "FAILURE", "CANCELED"} for i in ids
             )
@@ -107,7 +109,9 @@ def test_one_market_run_at_a_time_other_pools_alongside(storage, isolated_dirs: 
     assert limit == {"limit": 1, "usingDefaultLimit": True}
 
     assert {r.status for r in runs} == {"SUCCESS"}, [(r.job_name, r.status) for r in runs]
-    market = [r for r in runs if r.job_name != "other_pool_job"]
+    market = [r for r in runs if r.job_name == "market_job"]
+    signups_runs = [r for r in runs if r.job_name == "signups_job"]
+    assert len(signups_runs) == 2 and not overlaps(*signups_runs), _timeline(runs)
     (other_run,) = [r for r in runs if r.job_name == "other_pool_job"]
     (range_run,) = [r for r in market if r.tags.get("dagster/backfill") == backfill]
     assert range_run.partitions == (PARTITIONS[0], PARTITIONS[-1])  # single_run: one run

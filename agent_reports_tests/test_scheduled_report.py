@@ -25,9 +25,11 @@ from dagster import (
 
 from agent_reports.compliance.assets import expected_windows
 from agent_reports.core.declaration import declared_reports
+from agent_reports.core.resources import AnalystResource
 from agent_reports.definitions import defs
 from agent_reports.ops import ClockResource
 from agent_reports.ops.catchup import CatchUp, build_catchup_sensor
+from agent_reports.ops.pings import ping_urls
 from agent_reports_tests.conftest import BIN, LLMServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -226,15 +228,27 @@ def test_dg_list_defs_shows_the_declared_analysis_beside_the_built_in_ones():
 
 
 def test_the_declared_analysis_sits_in_its_pool_under_the_run_lock():
-    """Reasoned, not the daemon: the run queue keeps a second run QUEUED when every asset of
-    a run sits in a pool of limit 1 (test_run_queue proves that for the built-in pools), and
-    with_run_locks gives each pooled asset the lock of its pool."""
+    """The wiring: each asset in the analysis' pool, each run under its lock. On the real
+    daemon, test_run_queue launches two sign-ups runs of one window and sees them apart."""
     job = defs.resolve_job_def("signups_job")
     pools = {node.definition.pool for node in job.graph.node_dict.values() if node.definition.pool}
     assert pools == {"signups"}
     assert "run_lock_signups" in job.resource_defs
     for key in ("signups_input", "signups_report"):
         assert defs.resolve_assets_def(key).op.pool == "signups"
+
+
+def test_per_analysis_settings_accept_the_declared_name(monkeypatch):
+    """Pings and AGENT_REPORTS_FAIL_ON_LLM_ERROR know the declared analysis like a built-in
+    one (a misspelt name still fails)."""
+    monkeypatch.setenv("AGENT_REPORTS_PING_URL_SIGNUPS", "http://127.0.0.1:9/ping/signups")
+    assert ping_urls()["signups"] == "http://127.0.0.1:9/ping/signups"
+    assert AnalystResource(fail_on_llm_error="signups,market").failing_analyses() == {
+        "signups",
+        "market",
+    }
+    with pytest.raises(ValueError, match="signup"):
+        AnalystResource(fail_on_llm_error="signup").failing_analyses()
 
 
 def test_missed_windows_are_caught_up_and_counted_in_the_audit(instance: DagsterInstance):

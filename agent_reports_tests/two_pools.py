@@ -5,6 +5,8 @@ run queue at work, beside a slow asset in another pool.
   market run then lasts long enough that two would overlap if the queue let them.
 - `other_pool_probe` sits in the anomalies pool and sleeps: a run of it should execute
   side by side with a market run, since pools limit one analysis, not the instance.
+- the sign-ups analysis declared in YAML (agent_reports/defs/signups/) as shipped, with
+  `signups_probe` holding each of its runs open: its pool must keep its runs apart too.
 
 Sleep lengths come from TWO_POOLS_MARKET_SECONDS / TWO_POOLS_OTHER_SECONDS (read when the
 step runs) so a test can tune them without touching production code.
@@ -15,6 +17,7 @@ import time
 
 from dagster import (
     AssetExecutionContext,
+    AssetKey,
     AssetSelection,
     BackfillPolicy,
     Definitions,
@@ -25,6 +28,7 @@ from dagster import (
 
 from agent_reports import definitions as project
 from agent_reports.anomalies.partitions import POOL as OTHER_POOL
+from agent_reports.components import declared_definitions
 from agent_reports.market import assets as market_assets
 from agent_reports.market.checks import market_checks
 from agent_reports.market.partitions import ANALYSIS, POOL, market_job, market_partitions
@@ -56,25 +60,45 @@ def other_pool_probe() -> MaterializeResult:
     return MaterializeResult(metadata={"slept_seconds": _sleep("TWO_POOLS_OTHER_SECONDS", 10)})
 
 
+SIGNUPS = declared_definitions()
+(SIGNUPS_REPORT,) = [a for a in SIGNUPS.assets if AssetKey("signups_report") in a.keys]
+
+
+@asset(
+    group_name="signups",
+    partitions_def=SIGNUPS_REPORT.partitions_def,
+    pool="signups",
+    backfill_policy=BackfillPolicy.single_run(),
+    deps=[SIGNUPS_REPORT.key],
+)
+def signups_probe() -> MaterializeResult:
+    """Holds the sign-ups run open after its report, like `market_probe`."""
+    return MaterializeResult(metadata={"slept_seconds": _sleep("TWO_POOLS_MARKET_SECONDS", 4)})
+
+
 other_pool_job = define_asset_job(
     "other_pool_job", selection=AssetSelection.assets(other_pool_probe)
 )
 
-defs = Definitions(
-    assets=[
-        market_assets.market_prices,
-        market_assets.market_analysis,
-        market_assets.market_report,
-        market_probe,
-        other_pool_probe,
-    ],
-    asset_checks=market_checks,
-    jobs=[market_job, other_pool_job],
-    # As shipped: one process per run. Under the multiprocess default each of the market
-    # run's nine steps started its own process, and a run took minutes on a loaded machine.
-    executor=project.defs.executor,
-    resources={
-        name: project.defs.resources[name]
-        for name in ("source", "analyst", "reports", "range_io_manager")
-    },
+defs = Definitions.merge(
+    SIGNUPS,
+    Definitions(
+        assets=[
+            market_assets.market_prices,
+            market_assets.market_analysis,
+            market_assets.market_report,
+            market_probe,
+            other_pool_probe,
+            signups_probe,
+        ],
+        asset_checks=market_checks,
+        jobs=[market_job, other_pool_job],
+        # As shipped: one process per run. Under the multiprocess default each of the market
+        # run's nine steps started its own process, and a run took minutes on a loaded machine.
+        executor=project.defs.executor,
+        resources={
+            name: project.defs.resources[name]
+            for name in ("source", "analyst", "reports", "range_io_manager")
+        },
+    ),
 )

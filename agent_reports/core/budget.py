@@ -63,14 +63,14 @@ def default_budget_url() -> str:
 
 
 def limits_from_env(
-    analyses: Iterable[str] = settings.ANALYSES,
+    analyses: Iterable[str] | None = None,
     prefix: str = "AGENT_REPORTS_TOKEN_BUDGET",
     read: Callable[[str], float | None] | None = None,
 ) -> dict[str, Any]:
     """The analyses with a limit of their own, `<prefix>_<ANALYSIS>` (tokens by default, or
     USD with `read=_usd_amount`); a bad value fails loudly."""
     limits = {}
-    for analysis in analyses:
+    for analysis in settings.analysis_names() if analyses is None else analyses:
         own = (read or _token_count)(f"{prefix}_{analysis.upper()}")
         if own is not None:
             limits[analysis] = own

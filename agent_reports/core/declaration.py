@@ -232,6 +232,7 @@ def analysis_definitions(analysis: Analysis) -> Definitions:
     """Everything one declaration makes: assets and checks, job, schedule, catch-up sensor,
     the report's freshness policy and deadline, the catalog's owner and tags."""
     _BUILT[analysis.name] = analysis.partitions
+    settings.register_analysis(analysis.name)
     assets, checks = analysis.load()
     reports = [a for a in assets if analysis.report_key in a.keys]
     if len(reports) != 1:
@@ -385,6 +386,7 @@ def declare(package: str) -> Analysis:
     path = Path(next(iter(spec.submodule_search_locations))) / DECLARATION_FILE
     analysis = read_declaration(path, package=package)
     _BUILT[analysis.name] = analysis.partitions
+    settings.register_analysis(analysis.name)
     return analysis
 
 

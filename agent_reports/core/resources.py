@@ -192,11 +192,12 @@ class AnalystResource(ConfigurableResource):
         """Analyses whose LLM failure fails the run: a typo must not silently degrade."""
         text = self.fail_on_llm_error or settings.env("AGENT_REPORTS_FAIL_ON_LLM_ERROR", "")
         names = {name.strip().lower() for name in text.split(",") if name.strip()}
-        unknown = sorted(names - {"all", *settings.ANALYSES})
+        known = settings.analysis_names()
+        unknown = sorted(names - {"all", *known})
         if unknown:
             raise ValueError(
                 f"AGENT_REPORTS_FAIL_ON_LLM_ERROR names unknown analyses {unknown}; "
-                f"use 'all' or some of {list(settings.ANALYSES)}"
+                f"use 'all' or some of {list(known)}"
             )
         return names
 

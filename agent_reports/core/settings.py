@@ -11,6 +11,20 @@ from pathlib import Path
 from dagster import EnvVar
 
 ANALYSES = ("market", "anomalies", "churn", "compliance", "briefing")
+# Analyses declared beyond the built-in five (a YAML component's), added as the code
+# location builds them (core/declaration.py): their settings are read like the built-ins'.
+_DECLARED: dict[str, None] = {}
+
+
+def register_analysis(name: str) -> None:
+    if name not in ANALYSES:
+        _DECLARED[name] = None
+
+
+def analysis_names() -> tuple[str, ...]:
+    """The built-in analyses, then those declared in this process: the names that per-
+    analysis settings (pings, budgets, AGENT_REPORTS_FAIL_ON_LLM_ERROR) accept."""
+    return (*ANALYSES, *_DECLARED)
 
 
 def env(name: str, default: str | None = None) -> str | None:

@@ -80,7 +80,7 @@ PINGED_STATUSES = [DagsterRunStatus.STARTED, *FINISH_EVENTS]
 def ping_urls() -> dict[str, str]:
     """Analysis → ping URL, for the analyses that have one; read at every evaluation."""
     urls = {}
-    for analysis in settings.ANALYSES:
+    for analysis in settings.analysis_names():
         url = EnvVar(URL_VARIABLE.format(analysis.upper())).get_value()
         if url and url.strip():
             urls[analysis] = url.strip()
@@ -121,7 +121,7 @@ def analyses_of(run: DagsterRun) -> set[str]:
     pools = set(concurrency.all_pools or ()) if concurrency else set()
     if not pools and run.job_name.endswith("_job"):
         pools = {run.job_name.removesuffix("_job")}
-    return pools & set(settings.ANALYSES)
+    return pools & set(settings.analysis_names())
 
 
 def due_events(record: RunRecord) -> list[str]:
