@@ -60,28 +60,31 @@ def other_pool_probe() -> MaterializeResult:
     return MaterializeResult(metadata={"slept_seconds": _sleep("TWO_POOLS_OTHER_SECONDS", 10)})
 
 
-SIGNUPS = declared_definitions()
-(SIGNUPS_REPORT,) = [a for a in SIGNUPS.assets if AssetKey("signups_report") in a.keys]
+def with_signups(base: Definitions) -> Definitions:
+    """`base` plus the declared sign-ups analysis and a probe in its pool that holds each
+    of its runs open after the report, like `market_probe`. (A function: Dagster allows one
+    Definitions object at module scope.)"""
+    declared = declared_definitions()
+    (report,) = [a for a in declared.assets if AssetKey("signups_report") in a.keys]
 
+    @asset(
+        group_name="signups",
+        partitions_def=report.partitions_def,
+        pool="signups",
+        backfill_policy=BackfillPolicy.single_run(),
+        deps=[report.key],
+    )
+    def signups_probe() -> MaterializeResult:
+        return MaterializeResult(metadata={"slept_seconds": _sleep("TWO_POOLS_MARKET_SECONDS", 4)})
 
-@asset(
-    group_name="signups",
-    partitions_def=SIGNUPS_REPORT.partitions_def,
-    pool="signups",
-    backfill_policy=BackfillPolicy.single_run(),
-    deps=[SIGNUPS_REPORT.key],
-)
-def signups_probe() -> MaterializeResult:
-    """Holds the sign-ups run open after its report, like `market_probe`."""
-    return MaterializeResult(metadata={"slept_seconds": _sleep("TWO_POOLS_MARKET_SECONDS", 4)})
+    return Definitions.merge(declared, Definitions(assets=[signups_probe]), base)
 
 
 other_pool_job = define_asset_job(
     "other_pool_job", selection=AssetSelection.assets(other_pool_probe)
 )
 
-defs = Definitions.merge(
-    SIGNUPS,
+defs = with_signups(
     Definitions(
         assets=[
             market_assets.market_prices,
@@ -89,7 +92,6 @@ defs = Definitions.merge(
             market_assets.market_report,
             market_probe,
             other_pool_probe,
-            signups_probe,
         ],
         asset_checks=market_checks,
         jobs=[market_job, other_pool_job],

@@ -184,7 +184,6 @@ def baseline_chart(verdict: dict) -> list[Chart]:
 
 
 def build_anomalies_report(key: str, verdict: dict, answer: AnalystAnswer) -> Report:
-    window = anomalies_partitions.time_window_for_partition_key(key)
     features = verdict["features"]
     notes = [verdict_note(verdict)]
     if not verdict["baseline_sufficient"]:
@@ -211,16 +210,15 @@ def build_anomalies_report(key: str, verdict: dict, answer: AnalystAnswer) -> Re
         **features,
     }
     return report_from_answer(
-        ANALYSIS,
+        ANOMALIES,
         key,
-        window,
         answer,
-        prompts.PROMPT_VERSION,
         findings=narrative["findings"],
         metrics=metrics,
         tables=_tables(verdict),
         notes=notes,
         charts=baseline_chart(verdict),
+        prompt_version=prompts.PROMPT_VERSION,
     )
 
 

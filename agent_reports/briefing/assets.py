@@ -28,7 +28,7 @@ from dagster import (
 
 from agent_reports.briefing import prompts, tools
 from agent_reports.briefing.analysis import briefing_inputs, missing_sources
-from agent_reports.briefing.partitions import ANALYSIS, BRIEFING, as_of, briefing_partitions
+from agent_reports.briefing.partitions import ANALYSIS, BRIEFING, as_of
 from agent_reports.core import settings
 from agent_reports.core.analyst import AnalystAnswer
 from agent_reports.core.delivery import (
@@ -67,7 +67,6 @@ SOURCE_REPORTS = [
 
 
 def build_briefing(key: str, inputs: dict, answer: AnalystAnswer) -> Report:
-    window = briefing_partitions.time_window_for_partition_key(key)
     missing = missing_sources(inputs)
     as_of = datetime.fromisoformat(inputs["as_of"])
     utc = as_of.astimezone(UTC)
@@ -90,11 +89,9 @@ def build_briefing(key: str, inputs: dict, answer: AnalystAnswer) -> Report:
     anomalies = inputs["anomalies"]
     worst = [[h["hour"], h["severity"], h["summary"]] for h in anomalies["worst_hours"]]
     return report_from_answer(
-        ANALYSIS,
+        BRIEFING,
         key,
-        window,
         answer,
-        prompts.PROMPT_VERSION,
         findings=answer.narrative["findings"],
         metrics={**inputs, "missing": missing},
         tables=[
@@ -102,7 +99,7 @@ def build_briefing(key: str, inputs: dict, answer: AnalystAnswer) -> Report:
             Table("Worst anomaly hours (UTC)", ["hour", "severity", "summary"], worst),
         ],
         notes=notes,
-        timezone="America/New_York",
+        prompt_version=prompts.PROMPT_VERSION,
     )
 
 

@@ -147,7 +147,6 @@ def churn_analysis(
 
 
 def build_churn_report(key: str, metrics: dict[str, Any], answer: AnalystAnswer) -> Report:
-    window = churn_partitions.time_window_for_partition_key(key)
     model = metrics["model"]
     notes = notes_at("warning" if answer.degraded else "info", report_notes(answer))
     if model["status"] != "ok":
@@ -170,11 +169,9 @@ def build_churn_report(key: str, metrics: dict[str, Any], answer: AnalystAnswer)
         images.append(Image("Churn rate by segment", segment_chart(metrics)))
     trend = metrics.get("trend")
     return report_from_answer(
-        ANALYSIS,
+        CHURN,
         key,
-        window,
         answer,
-        prompts.PROMPT_VERSION,
         findings=spike_findings(trend, key)
         + narrative["findings"]
         + [_action(a) for a in narrative["actions"]],
@@ -185,6 +182,7 @@ def build_churn_report(key: str, metrics: dict[str, Any], answer: AnalystAnswer)
         images=images,
         attachments=[Attachment(AT_RISK_FILENAME, "text/csv", at_risk_csv(metrics))],
         charts=[trend_chart(trend)] if trend else [],
+        prompt_version=prompts.PROMPT_VERSION,
     )
 
 

@@ -44,7 +44,7 @@ from agent_reports.compliance.analysis import (
     windows_due,
 )
 from agent_reports.compliance.logs import ReadStats, month_records
-from agent_reports.compliance.partitions import ANALYSIS, COMPLIANCE, compliance_partitions
+from agent_reports.compliance.partitions import COMPLIANCE, compliance_partitions
 from agent_reports.core import settings
 from agent_reports.core.analyst import AnalystAnswer
 from agent_reports.core.charts import stacked_bars
@@ -437,7 +437,6 @@ def _llm_tables(llm: dict | None) -> list[Table]:
 
 
 def build_compliance_report(key: str, audit: dict, answer: AnalystAnswer) -> Report:
-    window = compliance_partitions.time_window_for_partition_key(key)
     scan = audit["log_scan"]
     notes = [
         Note(log_scan_note(scan), "error" if scan["verdict"] == "unknown" else "info"),
@@ -452,16 +451,15 @@ def build_compliance_report(key: str, audit: dict, answer: AnalystAnswer) -> Rep
         *notes_at("warning" if answer.degraded else "info", report_notes(answer)),
     ]
     return report_from_answer(
-        ANALYSIS,
+        COMPLIANCE,
         key,
-        window,
         answer,
-        prompts.PROMPT_VERSION,
         findings=answer.narrative["findings"],
         metrics=audit,
         tables=_tables(audit),
         notes=notes,
         charts=[coverage_chart(audit)] if audit["coverage"] else [],
+        prompt_version=prompts.PROMPT_VERSION,
     )
 
 

@@ -343,11 +343,10 @@ class BuiltAnalysis:
         self, key: str, metrics: dict, tables: list[Table], answer: AnalystAnswer, **fields
     ) -> Report:
         return report_from_answer(
-            self.name,
+            self.skeleton,
             key,
-            self.partitions_def.time_window_for_partition_key(key),
             answer,
-            self.prompt_version,
+            prompt_version=self.prompt_version,
             findings=answer.narrative["findings"],
             metrics=metrics,
             tables=tables,

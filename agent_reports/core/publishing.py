@@ -26,7 +26,6 @@ from dagster import (
     LocalFileCodeReference,
     MaterializeResult,
     MetadataValue,
-    TimeWindow,
     asset,
 )
 
@@ -310,17 +309,14 @@ def _none(_record: dict) -> list[str]:
 
 
 def report_from_answer(
-    analysis: str,
-    key: str,
-    window: TimeWindow,
-    answer: AnalystAnswer,
-    prompt_version: str,
-    **fields,
+    analysis: "Analysis", key: str, answer: AnalystAnswer, *, prompt_version: str, **fields
 ) -> Report:
     """A report's fields that come from its partition and its analyst answer; the analysis
-    passes the rest (findings, metrics, tables, notes, ...) and may override `degraded`."""
+    passes the rest (findings, metrics, tables, notes, ...) and may override `degraded`.
+    The window is labelled in the partitions' time zone."""
+    window = analysis.partitions.time_window_for_partition_key(key)
     return Report(
-        analysis=analysis,
+        analysis=analysis.name,
         partition=key,
         window_start=window.start.isoformat(),
         window_end=window.end.isoformat(),
@@ -330,5 +326,5 @@ def report_from_answer(
         summary=answer.narrative["summary"],
         llm=answer.llm,
         investigation=answer.investigation,
-        **{"degraded": answer.degraded, **fields},
+        **{"degraded": answer.degraded, "timezone": analysis.partitions.timezone, **fields},
     )

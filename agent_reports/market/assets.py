@@ -25,7 +25,7 @@ from agent_reports.core.resources import DataSourceResource
 from agent_reports.core.sources import InputError, in_window, window_coverage
 from agent_reports.market import prompts, tools
 from agent_reports.market.analysis import TRADING_DAYS_PER_YEAR, history_window, market_metrics
-from agent_reports.market.partitions import ANALYSIS, MARKET, market_partitions
+from agent_reports.market.partitions import MARKET
 
 TICKER_COLUMNS = ["ticker", "close", "adj close", "return 1d", "volatility 20d", "volume ratio 20d"]
 COMMON = MARKET.asset_args()
@@ -91,7 +91,6 @@ def market_analysis(
 
 
 def build_market_report(key: str, metrics: dict, answer: AnalystAnswer) -> Report:
-    window = market_partitions.time_window_for_partition_key(key)
     adjusted = any(m.get("adj_close") is not None for m in metrics["tickers"].values())
     columns = TICKER_COLUMNS if adjusted else [c for c in TICKER_COLUMNS if c != "adj close"]
     formats = (
@@ -119,11 +118,9 @@ def build_market_report(key: str, metrics: dict, answer: AnalystAnswer) -> Repor
         Note(split_note(t, m), "warning") for t, m in metrics["tickers"].items() if m.get("split")
     ]
     return report_from_answer(
-        ANALYSIS,
+        MARKET,
         key,
-        window,
         answer,
-        prompts.PROMPT_VERSION,
         findings=notable_findings(answer.narrative["findings"], metrics["tickers"]),
         metrics=metrics,
         tables=[Table("Tickers, largest move first", columns, rows, formats)]
@@ -134,6 +131,7 @@ def build_market_report(key: str, metrics: dict, answer: AnalystAnswer) -> Repor
         ),
         notes=notes,
         charts=mover_charts(metrics),
+        prompt_version=prompts.PROMPT_VERSION,
     )
 
 
