@@ -85,11 +85,25 @@ def stop_group(pgid: int, grace: float = GRACE_SECONDS) -> bool:
     return True
 
 
-def pools() -> int:
-    """Pool limit 1 for every analysis, in the instance DAGSTER_HOME names."""
+def analysis_pools() -> list[str]:
+    """The built-in analyses' pools, then each YAML-declared analysis' (its `pool`, else its
+    `name`), read from the defs.yaml files: importing the code location would cost seconds."""
+    import yaml
+
     from agent_reports.core.settings import ANALYSES
 
-    changed = set_pool_limits(list(ANALYSES))
+    pools = list(ANALYSES)
+    for path in sorted((REPO / "agent_reports" / "defs").glob("*/defs.yaml")):
+        attributes = (yaml.safe_load(path.read_text()) or {}).get("attributes") or {}
+        pool = attributes.get("pool") or attributes.get("name")
+        if isinstance(pool, str) and pool not in pools:
+            pools.append(pool)
+    return pools
+
+
+def pools() -> int:
+    """Pool limit 1 for every analysis, in the instance DAGSTER_HOME names."""
+    changed = set_pool_limits(analysis_pools())
     print(f"pool limits: {', '.join(changed) + ' set to 1' if changed else 'unchanged (1 each)'}")
     return 0
 
