@@ -112,7 +112,9 @@ def test_make_run_serves_quietly_and_make_stop_or_sigint_ends_it(
     assert len(_group(pgid)) >= 3  # dg dev, its webserver, daemon and code server
     text = log.read_text(errors="replace")
     startup = text[: text.index("Serving dagster-webserver")]
-    assert "pool limits: market, anomalies, churn, compliance, briefing set to 1" in startup
+    assert (
+        "pool limits: market, anomalies, churn, compliance, briefing, signups set to 1" in startup
+    )
     assert not AVOIDABLE.findall(startup), [
         line for line in startup.splitlines() if AVOIDABLE.search(line)
     ]
