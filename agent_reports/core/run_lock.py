@@ -87,6 +87,7 @@ def _now() -> str:
 
 
 UNKNOWN = Holder("unknown", 0, "unknown", "unknown")
+UNKNOWN_GRACE_SECONDS = 3.0
 
 
 class Lock(Protocol):
@@ -341,10 +342,12 @@ def acquire(
             other = Holder(f"unknown ({type(error).__name__})", 0, "unknown", "unknown")
         if other is None:
             return attempt, time.monotonic() - started
-        if other != reported:
+        waited = time.monotonic() - started
+        # A holder writes its record just after it takes the lock: an unknown holder is
+        # reported only once it stays unknown, so the log names the run that holds it.
+        if other != reported and (other != UNKNOWN or waited >= UNKNOWN_GRACE_SECONDS):
             on_wait(other)
             reported = other
-        waited = time.monotonic() - started
         if waited >= timeout:
             raise RunLockTimeout(
                 f"run lock {lock.name!r} is held by {other.describe()}; "
