@@ -154,11 +154,16 @@ def test_market_in_the_browser(
             # The switch is a styled label around a hidden checkbox: click what a user sees.
             switch = page.locator("label").filter(has=page.locator("input[type=checkbox]")).first
             screens("schedule-page")
+            checkbox = switch.locator("input[type=checkbox]")
             switch.click()
-            stack.wait_until(lambda: schedule_status(stack) == "RUNNING", 30)
+            stack.wait_until(lambda: schedule_status(stack) == "RUNNING", 60)
+            # The page shows the new state (and takes clicks again) before the second click:
+            # once on, the catch-up sensor launches missed days and the UI answers slowly.
+            expect(checkbox).to_be_checked(timeout=60_000)
+            expect(checkbox).to_be_enabled(timeout=60_000)
             screens("schedule-on")
             switch.click()
-            stack.wait_until(lambda: schedule_status(stack) == "STOPPED", 30)
+            stack.wait_until(lambda: schedule_status(stack) == "STOPPED", 60)
             screens("schedule-off")
         except BaseException:
             if screens.last is not None:
